@@ -35,7 +35,6 @@ class ErrorCode(IntEnum):
     # Ours: request and transport (1000-1099).
     HOST_NOT_ALLOWED = 1000
     BAD_INTENT = 1001
-    PLUGIN_UNAVAILABLE = 1002
     PAYLOAD_TOO_LARGE = 1003
 
     # Contents server (1100-1199).
@@ -129,7 +128,6 @@ _HTTP_STATUS: dict[int, int] = {
     ErrorCode.CONNECTION_EXPIRED: 410,
     ErrorCode.CONTENTS_UNAVAILABLE: 503,
     ErrorCode.PRINTER_UNAVAILABLE: 503,
-    ErrorCode.PLUGIN_UNAVAILABLE: 503,
     ErrorCode.TIMEOUT: 504,
 }
 
