@@ -44,6 +44,7 @@ class PrinterEntry:
     name: str = "Virtual Printer"
     url: str = "http://127.0.0.1:4060"
     api_key: str = ""
+    printer_id: str = ""                 # the printer's id at the contents server
 
 
 @dataclass

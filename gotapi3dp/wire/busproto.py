@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from .intent import IntentError, unpack_strict
 
 PROTOCOL = b"GOTAPI01"
@@ -69,3 +71,10 @@ def decode_announce(data: bytes) -> Announce:
             raise IntentError("READY plug-in entry is malformed")
         out.append(PluginInfo(p["id"], p["name"], p["version"], list(p["profiles"])))
     return Announce(m["hostId"], out)
+
+
+def encode_announce(announce: Announce) -> bytes:
+    data = msgpack.packb(announce.to_map(), use_bin_type=True)
+    if len(data) > MAX_FRAME_BYTES:
+        raise IntentError(f"READY body is {len(data)} bytes, limit {MAX_FRAME_BYTES}")
+    return data

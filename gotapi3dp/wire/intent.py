@@ -109,6 +109,8 @@ class Intent:
 
 
 def encode(intent: Intent) -> bytes:
+    """Encode an Intent; refuse what `decode` would refuse (bad values, oversize)."""
+    _check_value(intent.params, "params")
     data = msgpack.packb(intent.to_map(), use_bin_type=True)
     if len(data) > MAX_INTENT_BYTES:
         raise IntentError(f"intent is {len(data)} bytes, limit {MAX_INTENT_BYTES}",

@@ -1,0 +1,264 @@
+"""`gotapi-3dp up`: start the four processes, pair them, supervise, and stop them cleanly.
+
+Each process is `gotapi-3dp serve NAME` in its own session (Ctrl-C reaches only us, and we
+stop the children in reverse order); its output goes to `<data-dir>/logs/NAME.log`. A child
+that dies is restarted with back-off. Linux children also get SIGTERM if we die.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+from .client import GotapiClient, GotapiError
+from .config import Config
+from .http_json import call
+from .pairing import pair_printer
+from .sample import sample_path
+from .wire.errors import ErrorCode, P3DError
+
+log = logging.getLogger(__name__)
+
+START_ORDER = ("contents", "printer", "gotapi", "plugin-host")
+READY_TIMEOUT = 60.0
+RESTART_MIN, RESTART_MAX = 1.0, 30.0
+SUPERVISOR_ORIGIN = "gotapi-3dp-supervisor"
+
+
+class StartError(RuntimeError):
+    """A process did not come up; the message carries the tail of its log."""
+
+
+@dataclass
+class UpInfo:
+    """What `up.json` holds: everything a client needs to drive the embedded default."""
+
+    gotapi: str
+    bus: str
+    tap: str
+    contents: str
+    printer: str
+    contentsKey: str
+    sampleContentId: str
+    serviceId: str
+    dataDir: str
+    pid: int
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class Child:
+    """One supervised process."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.started_at = 0.0
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        self.started_at = time.monotonic()
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0f s; killing it", self.name, timeout)
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Supervisor:
+    def __init__(self, config: Config, config_path: str | None = None,
+                 say: Callable[[str], None] = lambda msg: None) -> None:
+        self.config = config
+        self._say = say
+        self._stopping = threading.Event()
+        self._http = requests.Session()
+        log_dir = config.dir_for("logs")
+        base = [sys.executable, "-m", "gotapi3dp.cli", "--data-dir", str(config.data_dir)]
+        if config_path:
+            base += ["--config", str(config_path)]
+        self.children = {name: Child(name, base + ["serve", name], log_dir / f"{name}.log")
+                         for name in START_ORDER}
+
+    # -- start-up -------------------------------------------------------------------------
+    def start(self) -> UpInfo:
+        """Start everything in order, pair, add the sample; return what up.json holds."""
+        try:
+            for name in ("contents", "printer", "gotapi"):
+                self.children[name].start()
+            for name in ("contents", "printer", "gotapi"):
+                self._wait_ready(name)
+            contents_key, service_id = self._pair()
+            sample_id = self._add_sample(contents_key)
+            self.children["plugin-host"].start()
+            self._wait_service(service_id)
+        except BaseException:
+            self.stop()
+            raise
+        info = UpInfo(gotapi=self._gotapi_url, bus=self.config.gotapi.bus_endpoint,
+                      tap=self.config.gotapi.tap_endpoint, contents=self.config.contents.url,
+                      printer=self._printer_url, contentsKey=contents_key,
+                      sampleContentId=sample_id, serviceId=service_id,
+                      dataDir=str(self.config.data_dir), pid=os.getpid())
+        _write_private_json(self.config.data_dir / "up.json", asdict(info))
+        return info
+
+    @property
+    def _gotapi_url(self) -> str:
+        return f"http://{self.config.gotapi.host}:{self.config.gotapi.port}"
+
+    @property
+    def _printer_url(self) -> str:
+        return f"http://{self.config.printer.host}:{self.config.printer.port}"
+
+    def _probe(self, name: str) -> bool:
+        urls = {"contents": f"{self.config.contents.url}/api/health",
+                "printer": f"{self._printer_url}/api/identity",
+                "gotapi": f"{self._gotapi_url}/gotapi/availability"}
+        try:
+            resp = self._http.get(urls[name], timeout=2, headers={"X-GotAPI-Origin": SUPERVISOR_ORIGIN})
+            return resp.status_code == 200
+        except requests.RequestException:
+            return False
+
+    def _wait_ready(self, name: str) -> None:
+        child = self.children[name]
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if child.exit_code() is not None:
+                raise StartError(f"{name} exited with code {child.exit_code()}:\n{child.log_tail()}")
+            if self._probe(name):
+                self._say(f"{name} is up")
+                return
+            time.sleep(0.2)
+        raise StartError(f"{name} did not answer within {READY_TIMEOUT:.0f} s:\n{child.log_tail()}")
+
+    def _pair(self) -> tuple[str, str]:
+        from plugin_host.printer3d.printers import save_paired
+        contents_key = (self.config.dir_for("contents") / "demo.key").read_text().strip()
+        printer_key = (self.config.dir_for("printer") / "api.key").read_text().strip()
+        service_id = self.config.printer.printer_id
+        entry = pair_printer(self._printer_url, printer_key, self.config.contents.url,
+                             contents_key, service_id, self.config.printer.name)
+        save_paired(self.config, entry)
+        self._say(f"printer {entry.printer_id} paired with the contents server and the plug-in")
+        return contents_key, service_id
+
+    def _add_sample(self, contents_key: str) -> str:
+        path = sample_path()
+        with open(path, "rb") as fh:
+            content = call(self._http, "POST", f"{self.config.contents.url}/api/contents",
+                           unavailable=ErrorCode.CONTENTS_UNAVAILABLE,
+                           headers={"X-Api-Key": contents_key},
+                           files={"file": (path.name, fh, "model/stl")},
+                           data={"name": "Calibration piece"})
+        return str(content["id"])
+
+    def _wait_service(self, local_id: str) -> None:
+        """Wait until serviceDiscovery shows the printer online through the plug-in."""
+        client = GotapiClient(self._gotapi_url, origin=SUPERVISOR_ORIGIN, timeout=15)
+        child = self.children["plugin-host"]
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if child.exit_code() is not None:
+                raise StartError(f"plugin-host exited with code {child.exit_code()}:\n{child.log_tail()}")
+            try:
+                if client.access_token is None:
+                    client.authorize("gotapi-3dp supervisor", ["serviceDiscovery"])
+                services = client.request("GET", "serviceDiscovery")["services"]
+                if any(s["id"].split(".")[0] == local_id and s["online"] for s in services):
+                    self._say("plug-in host is up; the printer is online")
+                    return
+            except (GotapiError, requests.RequestException, ValueError, KeyError):
+                pass
+            time.sleep(0.3)
+        raise StartError(f"the printer service did not come online:\n{child.log_tail()}")
+
+    # -- supervision ----------------------------------------------------------------------
+    def supervise(self) -> None:
+        """Restart children that die, with back-off, until stop() is called."""
+        while not self._stopping.wait(0.5):
+            for child in self.children.values():
+                self._maybe_restart(child)
+
+    def _maybe_restart(self, child: Child) -> None:
+        code = child.exit_code()
+        if code is None or self._stopping.is_set():
+            return
+        if time.monotonic() - child.started_at > 60:
+            child.restarts = 0
+        delay = min(RESTART_MAX, RESTART_MIN * 2 ** child.restarts)
+        self._say(f"{child.name} exited with code {code}; restarting in {delay:.0f} s")
+        log.warning("%s exited (%s):\n%s", child.name, code, child.log_tail())
+        if self._stopping.wait(delay):
+            return
+        child.restarts += 1
+        child.start()
+
+    def stop(self) -> None:
+        """Stop every child, last started first."""
+        self._stopping.set()
+        for name in reversed(START_ORDER):
+            self.children[name].stop()
+        up_json = self.config.data_dir / "up.json"
+        try:
+            if json.loads(up_json.read_text()).get("pid") == os.getpid():
+                up_json.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def _write_private_json(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".up-")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def read_up_json(config: Config) -> dict[str, Any]:
+    path = config.data_dir / "up.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE,
+                       f"no running stack found ({path} missing): start one with `gotapi-3dp up`") from None

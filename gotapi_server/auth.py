@@ -1,0 +1,150 @@
+"""GotAPI-2 authorization store: clients and access tokens, bound to the app's origin, in SQLite.
+
+`grant(origin)` registers a client (128-bit random clientId); `access_token(...)` issues a
+256-bit token for a client of the same origin with a list of scopes (profile names);
+`check(token, origin, profile)` answers 13 (missing), 11 (unknown, or another origin),
+12 (expired) or 14 (profile out of scope). Tokens are kept as their SHA-256 only, so the
+index lookup leaks nothing useful by timing and a copy of the database grants nothing;
+origins and digests are compared in constant time.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Callable
+
+from gotapi3dp.wire.errors import ErrorCode, P3DError
+
+DB_NAME = "auth.sqlite3"
+_SCOPE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_SCOPES = 64
+MAX_APP_NAME = 256
+_PURGE_AFTER = 30 * 24 * 3600  # expired tokens are forgotten a month after expiry
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS clients (
+    client_id TEXT PRIMARY KEY,
+    origin TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_sha256 TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL REFERENCES clients(client_id),
+    origin TEXT NOT NULL,
+    application_name TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL
+);
+"""
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+
+def _missing(name: str) -> P3DError:
+    return P3DError(ErrorCode.INVALID_REQUEST_PARAMETER, f"{name} is not specified.")
+
+
+def parse_scopes(scope: str) -> list[str]:
+    """`a,b` -> ["a", "b"]: trimmed, deduplicated case-insensitively, each a plain name."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for name in (s.strip() for s in scope.split(",", MAX_SCOPES * 4)):
+        if not name or name.lower() in seen:
+            continue
+        if not _SCOPE_RE.fullmatch(name) or len(out) == MAX_SCOPES:
+            raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER,
+                           f"scope {name[:64]!r} is invalid (at most {MAX_SCOPES} names).")
+        seen.add(name.lower())
+        out.append(name)
+    if not out:
+        raise _missing("scope")
+    return out
+
+
+class AuthStore:
+    """Clients and tokens in `<data_dir>/auth.sqlite3` (WAL); one connection per call."""
+
+    def __init__(self, data_dir: Path, token_lifetime: int,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(data_dir) / DB_NAME
+        self.token_lifetime = int(token_lifetime)
+        self.clock = clock
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        with closing(self._connect()) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
+
+    def grant(self, origin: str) -> str:
+        """Register a client for `origin`; return its clientId."""
+        client_id = secrets.token_hex(16)
+        now = self.clock()
+        with closing(self._connect()) as db:
+            db.execute("INSERT INTO clients VALUES (?, ?, ?)", (client_id, origin, now))
+            db.execute("DELETE FROM tokens WHERE expires < ?", (now - _PURGE_AFTER,))
+        return client_id
+
+    def access_token(self, origin: str, client_id: str | None, scope: str | None,
+                     application_name: str | None) -> tuple[str, int, list[dict[str, Any]]]:
+        """Issue a token: (accessToken, expire in unix ms, [{scope, expirePeriod}])."""
+        if not client_id:
+            raise _missing("clientId")
+        if not scope:
+            raise _missing("scope")
+        if not application_name:
+            raise _missing("applicationName")
+        if len(application_name) > MAX_APP_NAME:
+            raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER, "applicationName is too long.")
+        scopes = parse_scopes(scope)
+        self._check_client(client_id, origin)
+        token = secrets.token_urlsafe(32)
+        now = self.clock()
+        expires = now + self.token_lifetime
+        with closing(self._connect()) as db:
+            db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (_digest(token), client_id, origin, application_name,
+                        json.dumps(scopes), now, expires))
+        periods = [{"scope": s, "expirePeriod": self.token_lifetime} for s in scopes]
+        return token, int(expires * 1000), periods
+
+    def _check_client(self, client_id: str, origin: str) -> None:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT origin FROM clients WHERE client_id = ?",
+                             (client_id,)).fetchone()
+        if row is None or not _same(row[0], origin):
+            raise P3DError(ErrorCode.NOT_FOUND_CLIENT_ID)
+
+    def check(self, token: str | None, origin: str, profile: str | None) -> None:
+        """Raise 13/11/12/14 unless `token` is valid for `origin` (and `profile`, if given)."""
+        if not token:
+            raise P3DError(ErrorCode.EMPTY_ACCESS_TOKEN)
+        digest = _digest(token)
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT token_sha256, origin, scopes, expires FROM tokens "
+                             "WHERE token_sha256 = ?", (digest,)).fetchone()
+        if row is None or not _same(row[0], digest) or not _same(row[1], origin):
+            raise P3DError(ErrorCode.AUTHORIZATION, "Access token is invalid.")
+        if row[3] <= self.clock():
+            raise P3DError(ErrorCode.EXPIRED_ACCESS_TOKEN)
+        if profile is not None and profile.lower() not in (s.lower() for s in json.loads(row[2])):
+            raise P3DError(ErrorCode.SCOPE, f"Profile {profile!r} is not in the token's scope.")

@@ -1,0 +1,476 @@
+"""The GotAPI server's end of the Intent bus: one ROUTER owned by one thread, for Flask threads.
+
+Majordomo-style broker side. Plug-in hosts connect DEALERs (routing id = host id), announce
+their plug-ins with READY and heartbeat; Flask request threads call `Bus.request()`, which
+hands the Intent to the bus thread through a `Mailbox` (queue + wake-up pipe polled next to
+the ROUTER) and waits on a Future. Only the bus thread ever touches a ZeroMQ socket.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import zmq
+
+from gotapi3dp.wire.busproto import (COMMAND_NAMES, DISCONNECT, EVENT, HEARTBEAT,
+                                     HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, MAX_FRAME_BYTES,
+                                     PROTOCOL, READY, REPLY, REQUEST, SOCKET_HWM, decode_announce)
+from gotapi3dp.mailbox import Mailbox
+from gotapi3dp.wire.errors import ErrorCode, P3DError
+from gotapi3dp.wire.intent import Action, Intent, IntentError, decode, encode
+
+log = logging.getLogger(__name__)
+
+SEND_TIMEOUT_MS = 100    # ROUTER_MANDATORY + full HWM blocks at most this long
+TAP_HWM = 10_000         # the tap PUB drops beyond this, never blocks the bus
+RECV_BATCH = 256         # messages read per poll before timers and the mailbox get a turn
+PENDING_GRACE = 1.0      # a pending request outlives its caller's timeout by this, then is purged
+START_TIMEOUT = 10.0
+
+# Body frames each host -> server command must carry.
+_BODY_FRAMES = {READY: 1, REPLY: 1, EVENT: 1, HEARTBEAT: 0, DISCONNECT: 0}
+
+
+@dataclass
+class PluginRecord:
+    id: str
+    name: str
+    version: str
+    profiles: list[str]
+    host_id: str
+    online: bool
+    last_seen: float  # wall clock (time.time()) of the last frame from its host
+
+
+@dataclass
+class _Host:
+    peer: bytes
+    plugin_ids: list[str]
+    last_recv: float  # monotonic
+    last_send: float
+
+
+@dataclass
+class _Pending:
+    future: "Future[Intent]"
+    peer: bytes
+    plugin_id: str
+    deadline: float  # monotonic
+
+
+class Bus:
+    """Server end of the bus. `start()` after fork; `request()` from any thread."""
+
+    def __init__(self, endpoint: str, tap_endpoint: str | None = None, *,
+                 heartbeat: float = HEARTBEAT_INTERVAL,
+                 liveness: int = HEARTBEAT_LIVENESS) -> None:
+        self.endpoint = endpoint          # replaced by the bound address (port 0 / * resolved)
+        self.tap_endpoint = tap_endpoint
+        self._heartbeat = heartbeat
+        self._expiry = heartbeat * liveness
+        self._ctx: zmq.Context[Any] | None = None
+        self._thread: threading.Thread | None = None
+        self._mailbox: Mailbox | None = None
+        self._snapshot: tuple[PluginRecord, ...] = ()   # replaced whole by the bus thread
+        self._callbacks: tuple[Callable[[str, Intent], None], ...] = ()
+        # Owned by the bus thread only:
+        self._router: zmq.Socket[Any] | None = None
+        self._tap: zmq.Socket[Any] | None = None
+        self._hosts: dict[bytes, _Host] = {}
+        self._records: dict[str, PluginRecord] = {}
+        # Keyed by (requestCode, pluginId): one Intent may be fanned out to several plug-ins.
+        self._pending: dict[tuple[bytes, str], _Pending] = {}
+        self._stopping = False
+        self._next_refresh = 0.0
+
+    # ---- public API (any thread) ----
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._ctx = zmq.Context()
+        self._mailbox = Mailbox()
+        self._stopping = False
+        started: Future[None] = Future()
+        self._thread = threading.Thread(target=self._run, args=(started,), name="gotapi-bus",
+                                        daemon=True)
+        self._thread.start()
+        try:
+            started.result(timeout=START_TIMEOUT)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        assert self._mailbox is not None and self._ctx is not None
+        self._mailbox.post(("stop",))
+        thread.join(timeout=5.0)
+        if thread.is_alive():
+            log.error("bus thread did not stop; leaving its context open")
+            return
+        self._ctx.term()
+        self._ctx = None
+
+    def request(self, intent: Intent, plugin_id: str, timeout: float) -> Intent:
+        """Send a request Intent to a plug-in and block for its RESPONSE (same requestCode)."""
+        if not intent.action.is_request:
+            raise P3DError(ErrorCode.BAD_INTENT, f"{intent.action.value} is not a request action")
+        if intent.plugin_id != plugin_id:
+            intent = dataclasses.replace(intent, plugin_id=plugin_id)
+        payload = _encode(intent)
+        future: Future[Intent] = Future()
+        deadline = time.monotonic() + timeout
+        if not self._post(("request", intent.request_code, payload, plugin_id, future, deadline)):
+            raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE, "the bus is not running")
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            self._post(("cancel", (intent.request_code, plugin_id)))
+            raise P3DError(ErrorCode.TIMEOUT,
+                           f"plug-in {plugin_id} did not answer within {timeout:g} s") from None
+
+    def notify(self, intent: Intent, plugin_id: str | None = None) -> None:
+        """Fire-and-forget (lifecycle notices); plugin_id None = every connected host."""
+        if plugin_id is not None and intent.plugin_id != plugin_id:
+            intent = dataclasses.replace(intent, plugin_id=plugin_id)
+        if not self._post(("notify", _encode(intent), plugin_id)):
+            log.debug("bus not running; notice %s dropped", intent.action.value)
+
+    def plugins(self) -> list[PluginRecord]:
+        return [dataclasses.replace(r, profiles=list(r.profiles)) for r in self._snapshot]
+
+    def on_event(self, callback: Callable[[str, Intent], None]) -> None:
+        """Register callback(plugin_id, EVENT intent); it runs on the bus thread, keep it short."""
+        self._callbacks = (*self._callbacks, callback)
+
+    def _post(self, item: tuple[Any, ...]) -> bool:
+        mailbox = self._mailbox
+        return mailbox is not None and self._thread is not None and mailbox.post(item)
+
+    # ---- the bus thread ----
+
+    def _run(self, started: "Future[None]") -> None:
+        try:
+            self._open_sockets()
+        except zmq.ZMQError as exc:
+            self._close_sockets()
+            started.set_exception(exc)
+            return
+        started.set_result(None)
+        try:
+            self._loop()
+        finally:
+            stopped = P3DError(ErrorCode.ILLEGAL_SERVER_STATE, "the bus stopped")
+            for key in list(self._pending):
+                self._settle(key, error=stopped)
+            assert self._mailbox is not None
+            for item in self._mailbox.close():
+                if item[0] == "request":
+                    item[4].set_exception(stopped)
+            self._close_sockets()
+
+    def _open_sockets(self) -> None:
+        assert self._ctx is not None
+        router = self._router = self._ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)   # unroutable -> EHOSTUNREACH, not silence
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)    # a restarted host may reuse its id at once
+        router.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
+        router.setsockopt(zmq.SNDHWM, SOCKET_HWM)
+        router.setsockopt(zmq.RCVHWM, SOCKET_HWM)
+        router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        router.bind(_bindable(self.endpoint))
+        self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self.tap_endpoint:
+            tap = self._tap = self._ctx.socket(zmq.PUB)
+            tap.setsockopt(zmq.LINGER, 0)
+            tap.setsockopt(zmq.SNDHWM, TAP_HWM)
+            tap.bind(_bindable(self.tap_endpoint))
+            self.tap_endpoint = tap.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("bus listening on %s (tap %s)", self.endpoint, self.tap_endpoint or "off")
+
+    def _close_sockets(self) -> None:
+        for sock in (self._router, self._tap):
+            if sock is not None:
+                sock.close(linger=0)
+        self._router = self._tap = None
+
+    def _loop(self) -> None:
+        assert self._router is not None and self._mailbox is not None
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._mailbox.fd, zmq.POLLIN)
+        poll_ms = max(10, int(self._heartbeat * 250))
+        while not self._stopping:
+            events = dict(poller.poll(poll_ms))
+            if self._router in events:
+                self._receive_batch()
+            if self._mailbox.fd in events:
+                for item in self._mailbox.drain():
+                    self._guard(self._on_command, item)
+            self._guard(self._timers)
+
+    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run one handler; a bug or a hostile frame must never end the bus thread."""
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("bus: handler %s failed; message dropped", fn.__name__)
+
+    def _receive_batch(self) -> None:
+        assert self._router is not None
+        for _ in range(RECV_BATCH):
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._guard(self._on_frames, frames)
+
+    # ---- host -> server ----
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        self._tap_copy(b"in", frames)
+        if len(frames) < 3 or frames[1] != PROTOCOL:
+            log.warning("bus: dropped a non-%s message (%d frames) from %r",
+                        PROTOCOL.decode(), len(frames), frames[0][:64])
+            return
+        peer, command, body = frames[0], frames[2], frames[3:]
+        host = self._hosts.get(peer)
+        if host is not None:
+            host.last_recv = time.monotonic()
+        expected = _BODY_FRAMES.get(command)
+        if expected is None or (host is None and command != READY):
+            log.warning("bus: unexpected %s from %s %r", _name(command),
+                        "host" if host else "unknown peer", peer[:64])
+            if host is None and command != DISCONNECT:
+                self._send(peer, DISCONNECT)
+            return
+        if len(body) != expected:
+            log.warning("bus: %s from %r has %d body frames, expected %d",
+                        _name(command), peer[:64], len(body), expected)
+            return
+        handler = {READY: self._on_ready, REPLY: self._on_reply, EVENT: self._on_event,
+                   HEARTBEAT: self._on_heartbeat, DISCONNECT: self._on_disconnect}[command]
+        handler(peer, *body)
+
+    def _on_ready(self, peer: bytes, body: bytes) -> None:
+        if peer in self._hosts:
+            log.warning("bus: second READY from %r; disconnecting it", peer)
+            self._drop_host(peer, "sent a second READY")
+            self._send(peer, DISCONNECT)
+            return
+        try:
+            announce = decode_announce(body)
+        except IntentError as exc:
+            log.warning("bus: bad READY from %r: %s", peer[:64], exc)
+            self._send(peer, DISCONNECT)
+            return
+        taken = [p.id for p in announce.plugins if p.id in self._records
+                 and self._records[p.id].online]
+        if announce.host_id.encode() != peer or taken:
+            log.error("bus: refused READY from %r (host id %r, plug-ins already online: %s)",
+                      peer[:64], announce.host_id, taken)
+            self._send(peer, DISCONNECT)
+            return
+        now = time.monotonic()
+        self._hosts[peer] = _Host(peer, [p.id for p in announce.plugins], now, now)
+        for p in announce.plugins:
+            self._records[p.id] = PluginRecord(p.id, p.name, p.version, list(p.profiles),
+                                               announce.host_id, True, time.time())
+        self._publish()
+        log.info("bus: host %s ready with plug-ins %s", announce.host_id,
+                 [p.id for p in announce.plugins])
+
+    def _on_reply(self, peer: bytes, body: bytes) -> None:
+        try:
+            intent = decode(body)
+        except IntentError as exc:
+            log.warning("bus: bad REPLY from %r: %s", peer[:64], exc)
+            key = self._match(peer, exc.request_code, None)
+            if key is not None:
+                self._settle(key, error=P3DError(
+                    ErrorCode.BAD_INTENT, f"the plug-in sent an invalid response: {exc}"))
+            return
+        key = self._match(peer, intent.request_code, intent.plugin_id)
+        if key is None:
+            log.debug("bus: late or unknown REPLY %s from %r dropped",
+                      intent.request_code.hex()[:8], peer[:64])
+            return
+        if intent.action is not Action.RESPONSE:
+            self._settle(key, error=P3DError(
+                ErrorCode.BAD_INTENT, f"the plug-in replied with {intent.action.value}"))
+            return
+        self._settle(key, result=intent)
+
+    def _on_event(self, peer: bytes, body: bytes) -> None:
+        intent = decode(body)  # IntentError is logged by _guard
+        mine = self._hosts[peer].plugin_ids
+        if intent.action is not Action.EVENT or intent.plugin_id not in mine:
+            log.warning("bus: dropped %s from %r for plug-in %r", intent.action.value, peer[:64],
+                        intent.plugin_id)
+            return
+        for callback in self._callbacks:
+            self._guard(callback, intent.plugin_id, intent)
+
+    def _on_heartbeat(self, peer: bytes) -> None:
+        pass  # last_recv was refreshed in _on_frames
+
+    def _on_disconnect(self, peer: bytes) -> None:
+        self._drop_host(peer, "disconnected")
+
+    # ---- mailbox commands (from request threads) ----
+
+    def _on_command(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == "request":
+            self._start_request(*item[1:])
+        elif kind == "cancel":
+            self._pending.pop(item[1], None)
+        elif kind == "notify":
+            self._notify(*item[1:])
+        elif kind == "stop":
+            self._stopping = True
+
+    def _start_request(self, rc: bytes, payload: bytes, plugin_id: str,
+                       future: "Future[Intent]", deadline: float) -> None:
+        host = self._host_of(plugin_id)
+        key = (rc, plugin_id)
+        if key in self._pending:
+            future.set_exception(P3DError(
+                ErrorCode.ILLEGAL_SERVER_STATE,
+                f"requestCode {rc.hex()} is already in flight to {plugin_id}"))
+        elif host is None or not self._send(host.peer, REQUEST, payload):
+            future.set_exception(P3DError(ErrorCode.ILLEGAL_SERVER_STATE,
+                                          f"plug-in {plugin_id} is not connected"))
+        else:
+            self._pending[key] = _Pending(future, host.peer, plugin_id, deadline)
+
+    def _notify(self, payload: bytes, plugin_id: str | None) -> None:
+        if plugin_id is None:
+            hosts = list(self._hosts.values())
+        else:
+            host = self._host_of(plugin_id)
+            hosts = [host] if host is not None else []
+        for host in hosts:
+            self._send(host.peer, REQUEST, payload)
+
+    # ---- timers ----
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        for peer, host in list(self._hosts.items()):
+            if now - host.last_recv > self._expiry:
+                self._drop_host(peer, "stopped answering (heartbeat expiry)")
+            elif now - host.last_send >= self._heartbeat:
+                self._send(peer, HEARTBEAT)
+        for key, pending in list(self._pending.items()):
+            if now > pending.deadline + PENDING_GRACE:
+                self._settle(key, error=P3DError(ErrorCode.TIMEOUT))
+        if now >= self._next_refresh:
+            self._next_refresh = now + self._heartbeat
+            self._publish()
+
+    # ---- state helpers ----
+
+    def _host_of(self, plugin_id: str) -> _Host | None:
+        record = self._records.get(plugin_id)
+        if record is None or not record.online:
+            return None
+        return self._hosts.get(record.host_id.encode())
+
+    def _match(self, peer: bytes, rc: bytes | None,
+               plugin_id: str | None) -> tuple[bytes, str] | None:
+        """The pending request a reply from `peer` answers; without a pluginId, the only one."""
+        if rc is None:
+            return None
+        if plugin_id is not None:
+            pending = self._pending.get((rc, plugin_id))
+            return (rc, plugin_id) if pending is not None and pending.peer == peer else None
+        keys = [k for k, p in self._pending.items() if k[0] == rc and p.peer == peer]
+        return keys[0] if len(keys) == 1 else None
+
+    def _settle(self, key: tuple[bytes, str], result: Intent | None = None,
+                error: Exception | None = None) -> None:
+        pending = self._pending.pop(key, None)
+        if pending is None or pending.future.done():
+            return
+        if error is not None:
+            pending.future.set_exception(error)
+        else:
+            pending.future.set_result(result)  # type: ignore[arg-type]
+
+    def _drop_host(self, peer: bytes, why: str) -> None:
+        host = self._hosts.pop(peer, None)
+        if host is None:
+            return
+        name = peer.decode(errors="replace")
+        log.warning("bus: plug-in host %s %s; plug-ins %s offline", name, why, host.plugin_ids)
+        for plugin_id in host.plugin_ids:
+            record = self._records.get(plugin_id)
+            if record is not None and record.host_id == name:
+                record.online = False
+        error = P3DError(ErrorCode.TIMEOUT, f"plug-in host {name} {why}")
+        for key in [k for k, p in self._pending.items() if p.peer == peer]:
+            self._settle(key, error=error)
+        self._publish()
+
+    def _publish(self) -> None:
+        """Replace the read-only snapshot other threads see (no lock: one reference swap)."""
+        wall, now = time.time(), time.monotonic()
+        for host in self._hosts.values():
+            for plugin_id in host.plugin_ids:
+                self._records[plugin_id].last_seen = wall - (now - host.last_recv)
+        self._snapshot = tuple(dataclasses.replace(r) for r in self._records.values())
+
+    # ---- server -> host ----
+
+    def _send(self, peer: bytes, command: bytes, body: bytes | None = None) -> bool:
+        assert self._router is not None
+        frames = [peer, PROTOCOL, command] + ([body] if body is not None else [])
+        try:
+            self._router.send_multipart(frames)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: gone; EAGAIN: its queue stayed full
+            log.warning("bus: %s to %r failed: %s", _name(command), peer[:64], exc)
+            if exc.errno == zmq.EHOSTUNREACH:
+                self._drop_host(peer, "is unreachable")
+            return False
+        host = self._hosts.get(peer)
+        if host is not None:
+            host.last_send = time.monotonic()
+        self._tap_copy(b"out", frames)
+        return True
+
+    def _tap_copy(self, direction: bytes, frames: list[bytes]) -> None:
+        if self._tap is None:
+            return
+        try:
+            self._tap.send_multipart([direction, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # a tap is best effort
+
+
+def _encode(intent: Intent) -> bytes:
+    try:
+        return encode(intent)
+    except IntentError as exc:
+        raise P3DError(ErrorCode.PAYLOAD_TOO_LARGE, str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise P3DError(ErrorCode.BAD_INTENT, f"intent cannot be encoded: {exc}") from None
+
+
+def _bindable(endpoint: str) -> str:
+    """Accept port 0 as 'any free port' (libzmq spells it '*')."""
+    return endpoint[:-2] + ":*" if endpoint.endswith(":0") else endpoint
+
+
+def _name(command: bytes) -> str:
+    return COMMAND_NAMES.get(command, f"command {command[:8]!r}")

@@ -1,0 +1,35 @@
+"""What the views share, built once by `create_app`: config, bus, auth store, service directory."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app, g
+
+from gotapi3dp.config import GotapiConfig
+
+from .auth import AuthStore
+from .params import optional_str, request_params
+from .services import ServiceDirectory
+
+EXTENSION = "gotapi"
+
+
+@dataclass
+class ServerState:
+    config: GotapiConfig
+    bus: Any  # gotapi_server.bus.Bus (or a test double with the same methods)
+    auth: AuthStore
+    services: ServiceDirectory
+
+
+def state() -> ServerState:
+    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+
+
+def authorized_params(profile: str | None) -> dict[str, Any]:
+    """This request's parameters once its accessToken is valid for the origin (and
+    `profile`, if given: the scope check)."""
+    params = request_params()
+    state().auth.check(optional_str(params, "accessToken"), g.origin, profile)
+    return params

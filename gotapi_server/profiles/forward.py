@@ -1,0 +1,88 @@
+"""Plug-in profiles: any other /gotapi/<profile>[/<interface>]/<attribute>, as an Intent on the bus.
+
+Checks, in Device Connect's order: the access token with the profile as scope (13/11/12/14),
+`serviceId` (empty: 5; unknown plug-in or local service: 6), the profile announced by that
+plug-in (2), the plug-in online (17); then the request Intent (action = HTTP method,
+profile lower-cased, local service id, origin, parameters without accessToken/serviceId)
+and its RESPONSE: result 0 -> params merged into the answer, else errorCode/errorMessage.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from flask import Blueprint, Response, g, request
+
+from gotapi3dp.wire.errors import ErrorCode, P3DError
+from gotapi3dp.wire.intent import Action, Intent, IntentError
+
+from ..context import authorized_params, state
+from ..params import optional_str
+from ..paths import API_METHODS, SYSTEM_PROFILE_KEYS, WEBSOCKET_PROFILE
+from ..responses import ok
+from ..services import PluginLike
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("forward", __name__, url_prefix="/gotapi")
+
+_STRIPPED = ("accessToken", "serviceId")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def resolve_service(params: dict[str, Any]) -> tuple[PluginLike, str]:
+    """(plug-in, local id) named by the `serviceId` parameter, or P3DError 5/6."""
+    service_id = optional_str(params, "serviceId")
+    if service_id is None:
+        raise P3DError(ErrorCode.EMPTY_SERVICE_ID)
+    return state().services.resolve(service_id, g.origin)
+
+
+def call_plugin(intent: Intent, plugin: PluginLike) -> Response:
+    """Send a request Intent to its plug-in and answer with the RESPONSE."""
+    if not plugin.online:
+        raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE, f"Plug-in {plugin.id} is not connected.")
+    try:
+        answer = state().bus.request(intent, plugin.id, state().config.request_timeout)
+    except IntentError as exc:
+        log.info("request to %s refused by the Intent codec: %s", plugin.id, exc)
+        raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER,
+                       "Request parameters do not fit in an Intent.") from None
+    if answer.result != 0:
+        raise P3DError(answer.error_code or ErrorCode.UNKNOWN,
+                       answer.error_message or "The plug-in reported an error.")
+    return ok(**answer.params)
+
+
+def _check_path(profile: str, interface: str | None, attribute: str | None) -> None:
+    for name in (profile, interface, attribute):
+        if name is not None and not _NAME_RE.fullmatch(name):
+            raise P3DError(ErrorCode.INVALID_URL)
+    if profile in SYSTEM_PROFILE_KEYS:  # a system profile with an attribute it lacks
+        raise P3DError(ErrorCode.NOT_SUPPORT_ATTRIBUTE)
+    if profile == WEBSOCKET_PROFILE:  # GotAPI-5: reserved, not built yet
+        raise P3DError(ErrorCode.NOT_SUPPORT_PROFILE, "WebSocket events are not available yet.")
+
+
+def forward(profile: str, interface: str | None = None, attribute: str | None = None) -> Response:
+    _check_path(profile, interface, attribute)
+    params = authorized_params(profile)
+    plugin, local = resolve_service(params)
+    if profile not in (p.lower() for p in plugin.profiles):
+        raise P3DError(ErrorCode.NOT_SUPPORT_PROFILE)
+    intent = Intent(Action(request.method), profile=profile, interface=interface,
+                    attribute=attribute, service_id=local, origin=g.origin,
+                    plugin_id=plugin.id,
+                    params={k: v for k, v in params.items() if k not in _STRIPPED})
+    return call_plugin(intent, plugin)
+
+
+def invalid_url(rest: str) -> Response:
+    raise P3DError(ErrorCode.INVALID_URL)
+
+
+bp.add_url_rule("/<profile>", "profile", forward, methods=API_METHODS)
+bp.add_url_rule("/<profile>/<attribute>", "attribute", forward, methods=API_METHODS)
+bp.add_url_rule("/<profile>/<interface>/<attribute>", "interface", forward, methods=API_METHODS)
+bp.add_url_rule("/<path:rest>", "invalid_url", invalid_url, methods=API_METHODS)

@@ -1,0 +1,97 @@
+"""Checks every request passes before a view runs: Host, method, Origin; and the CORS answers.
+
+Order: a Host header that is not a loopback name gets 421/1000 (DNS-rebinding defence);
+a method other than GET/POST/PUT/DELETE/OPTIONS gets 3; an OPTIONS preflight is answered
+here (CORS only for allowed origins, never `*`, never Private Network Access); every other
+request needs exactly one allowed origin (`X-GotAPI-Origin` for native apps, else `Origin`),
+else 18. X-Forwarded-* headers are ignored: the server is never behind a proxy.
+"""
+from __future__ import annotations
+
+import re
+
+from flask import Flask, Response, g, request
+
+from gotapi3dp.config import GotapiConfig
+from gotapi3dp.wire.errors import ErrorCode, P3DError
+
+from .paths import API_METHODS, is_api_path
+
+ORIGIN_HEADER = "X-GotAPI-Origin"
+_HOST_RE = re.compile(r"^(?:127\.0\.0\.1|localhost|\[::1\])(?::[0-9]{1,5})?$", re.IGNORECASE)
+# One origin: printable ASCII, no spaces, no commas (a repeated header arrives comma-joined).
+_ORIGIN_RE = re.compile(r"^[\x21-\x2b\x2d-\x7e]{1,255}$")
+_PREFLIGHT_MAX_AGE = "600"
+_ALLOW_HEADERS = "Content-Type, X-GotAPI-Origin"
+
+
+def host_is_loopback(host: str | None) -> bool:
+    return bool(host) and _HOST_RE.fullmatch(host or "") is not None
+
+
+def origin_allowed(origin: str, config: GotapiConfig) -> bool:
+    """An empty allow list admits any single origin but `null` (file://, sandboxed frames)."""
+    if config.allowed_origins:
+        return origin in config.allowed_origins
+    return origin != "null"
+
+
+def _single(name: str) -> str | None:
+    values = request.headers.getlist(name)
+    if not values:
+        return None
+    if len(values) > 1 or not _ORIGIN_RE.fullmatch(values[0]):
+        raise P3DError(ErrorCode.INVALID_ORIGIN, f"{name} must hold exactly one origin.")
+    return values[0]
+
+
+def request_origin(config: GotapiConfig) -> str:
+    """The app's origin, or P3DError(18). A browser Origin that disagrees with
+    X-GotAPI-Origin is two origins: a web page must not speak for a native app."""
+    native = _single(ORIGIN_HEADER)
+    browser = _single("Origin")
+    if native is not None and browser is not None and native != browser:
+        raise P3DError(ErrorCode.INVALID_ORIGIN, "Origin and X-GotAPI-Origin differ.")
+    origin = native if native is not None else browser
+    if origin is None:
+        raise P3DError(ErrorCode.INVALID_ORIGIN, "Origin is not specified.")
+    if not origin_allowed(origin, config):
+        raise P3DError(ErrorCode.INVALID_ORIGIN, "Origin is not allowed.")
+    return origin
+
+
+def _preflight(config: GotapiConfig) -> Response:
+    origin = _single("Origin")
+    if origin is None or not origin_allowed(origin, config):
+        raise P3DError(ErrorCode.INVALID_ORIGIN, "Origin is not allowed.")
+    resp = Response(status=204)
+    resp.headers["Access-Control-Allow-Methods"] = ", ".join(API_METHODS)
+    resp.headers["Access-Control-Allow-Headers"] = _ALLOW_HEADERS
+    resp.headers["Access-Control-Max-Age"] = _PREFLIGHT_MAX_AGE
+    return resp
+
+
+def init_app(app: Flask, config: GotapiConfig) -> None:
+    @app.before_request
+    def check_request() -> Response | None:
+        if not host_is_loopback(request.headers.get("Host")):
+            raise P3DError(ErrorCode.HOST_NOT_ALLOWED, "Host header is not a loopback name.")
+        if not is_api_path(request.path):
+            return None  # nothing is served there: 404
+        if request.method == "OPTIONS":
+            return _preflight(config)
+        if request.method not in API_METHODS:
+            raise P3DError(ErrorCode.NOT_SUPPORT_ACTION)
+        g.origin = request_origin(config)
+        return None
+
+    @app.after_request
+    def add_cors(resp: Response) -> Response:
+        resp.headers.add("Vary", "Origin")
+        if resp.status_code == 421:
+            return resp
+        origin = request.headers.get("Origin")
+        if (origin and len(request.headers.getlist("Origin")) == 1
+                and _ORIGIN_RE.fullmatch(origin) and origin_allowed(origin, config)):
+            resp.headers["Access-Control-Allow-Origin"] = origin
+        return resp

@@ -1,0 +1,282 @@
+"""The plug-in host's end of the Intent bus: one DEALER, one poll loop, handlers on a pool.
+
+Majordomo-worker style. The loop thread owns the DEALER: it announces the plug-ins (READY),
+heartbeats, reconnects afresh (new socket, back-off) when the server goes silent or says
+DISCONNECT, and hands each REQUEST to a worker thread. Workers and plug-ins never send:
+replies and events come back through a `Mailbox` (queue + wake-up pipe) the loop polls.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import zmq
+
+from gotapi3dp.config import PluginHostConfig
+from gotapi3dp.wire.busproto import (DISCONNECT, EVENT, HEARTBEAT, HEARTBEAT_INTERVAL,
+                                     HEARTBEAT_LIVENESS, MAX_FRAME_BYTES, PROTOCOL, READY,
+                                     RECONNECT_MAX, RECONNECT_MIN, REPLY, REQUEST, SOCKET_HWM,
+                                     Announce, encode_announce)
+from gotapi3dp.mailbox import Mailbox
+from gotapi3dp.wire.errors import ErrorCode, P3DError
+from gotapi3dp.wire.intent import Action, Intent, IntentError, decode, encode
+
+from .plugin import Plugin
+
+log = logging.getLogger(__name__)
+
+DISCOVERY_PROFILE = "networkServiceDiscovery"
+DISCOVERY_ATTRIBUTE = "getNetworkServices"
+SEND_TIMEOUT_MS = 100
+GOODBYE_LINGER_MS = 200  # let the final DISCONNECT leave before the socket closes
+WORKERS = 16
+
+
+class PluginHost:
+    """Hosts plug-ins and connects them to the GotAPI server's bus."""
+
+    def __init__(self, config: PluginHostConfig, plugins: list[Plugin], *,
+                 heartbeat: float = HEARTBEAT_INTERVAL, liveness: int = HEARTBEAT_LIVENESS,
+                 reconnect_min: float = RECONNECT_MIN, reconnect_max: float = RECONNECT_MAX,
+                 workers: int = WORKERS) -> None:
+        self._config = config
+        self._plugins = {p.info.id: p for p in plugins}
+        if len(self._plugins) != len(plugins):
+            raise ValueError("two plug-ins share an id")
+        self._heartbeat = heartbeat
+        self._expiry = heartbeat * liveness
+        self._reconnect_min = reconnect_min
+        self._reconnect_max = reconnect_max
+        self._workers = workers
+        self._halt = threading.Event()
+        self._mailbox = Mailbox()
+        # Owned by the loop thread (inside run()):
+        self._ctx: zmq.Context[Any] | None = None
+        self._socket: zmq.Socket[Any] | None = None
+        self._poller = zmq.Poller()
+        self._pool: ThreadPoolExecutor | None = None
+        self._last_recv = self._last_send = 0.0
+        self._backoff = reconnect_min
+        self._reconnect_at = 0.0
+
+    def stop(self) -> None:
+        """Ask run() to return (any thread)."""
+        self._halt.set()
+        self._mailbox.post(("wake",))
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set or stop() is called. Creates the ZeroMQ context here."""
+        self._ctx = zmq.Context()
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="plugin")
+        for plugin in self._plugins.values():
+            plugin.start(self._emitter(plugin))
+        try:
+            self._connect()
+            while not (stop.is_set() or self._halt.is_set()):
+                self._poll_once()
+        finally:
+            self._shutdown()
+
+    # ---- loop ----
+
+    def _poll_once(self) -> None:
+        events = dict(self._poller.poll(max(10, int(self._heartbeat * 250))))
+        if self._socket is not None and self._socket in events:
+            self._receive_batch()
+        if self._mailbox.fd in events:
+            for item in self._mailbox.drain():
+                self._guard(self._outgoing, item)
+        self._guard(self._timers)
+
+    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("plug-in host: %s failed; message dropped", fn.__name__)
+
+    def _receive_batch(self) -> None:
+        for _ in range(256):
+            if self._socket is None:
+                return
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._guard(self._on_frames, frames)
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        if self._socket is None:
+            if now >= self._reconnect_at:
+                self._connect()
+        elif now - self._last_recv > self._expiry:
+            log.warning("server silent for %.1f s; reconnecting", now - self._last_recv)
+            self._reconnect_later()
+        elif now - self._last_send >= self._heartbeat:
+            self._send(HEARTBEAT)
+
+    # ---- connection ----
+
+    def _connect(self) -> None:
+        assert self._ctx is not None
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, self._config.host_id.encode())
+        sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
+        sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
+        sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        sock.connect(self._config.bus_endpoint)
+        self._socket = sock
+        self._reset_poller()
+        self._last_recv = time.monotonic()
+        announce = Announce(self._config.host_id, [p.info for p in self._plugins.values()])
+        self._send(READY, encode_announce(announce))
+        log.info("connecting to %s as %s", self._config.bus_endpoint, self._config.host_id)
+
+    def _close(self, linger: int = 0) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=linger)
+            self._socket = None
+            self._reset_poller()
+
+    def _reconnect_later(self) -> None:
+        """Close the socket; a fresh one connects after the back-off (doubling, capped)."""
+        self._close()
+        self._reconnect_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self._reconnect_max)
+
+    def _reset_poller(self) -> None:
+        self._poller = zmq.Poller()
+        self._poller.register(self._mailbox.fd, zmq.POLLIN)
+        if self._socket is not None:
+            self._poller.register(self._socket, zmq.POLLIN)
+
+    def _shutdown(self) -> None:
+        if self._socket is not None:
+            self._send(DISCONNECT)
+            self._close(linger=GOODBYE_LINGER_MS)
+        for plugin in self._plugins.values():
+            self._guard(plugin.stop)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._mailbox.close()
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def _send(self, command: bytes, body: bytes | None = None) -> None:
+        if self._socket is None:
+            log.debug("not connected; %r dropped", command)
+            return
+        frames = [PROTOCOL, command] + ([body] if body is not None else [])
+        try:
+            self._socket.send_multipart(frames)
+        except zmq.Again:
+            log.warning("send queue to the server is full; %r dropped", command)
+            return
+        self._last_send = time.monotonic()
+
+    # ---- server -> host ----
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        if len(frames) < 2 or frames[0] != PROTOCOL:
+            log.warning("dropped a non-%s message (%d frames)", PROTOCOL.decode(), len(frames))
+            return
+        self._last_recv = time.monotonic()
+        command, body = frames[1], frames[2:]
+        if command == DISCONNECT:
+            log.warning("server sent DISCONNECT; reconnecting")
+            self._reconnect_later()
+            return
+        self._backoff = self._reconnect_min  # the server talks to us: the link is good
+        if command == REQUEST and len(body) == 1:
+            self._on_request(body[0])
+        elif command != HEARTBEAT:
+            log.warning("unexpected command %r with %d body frames", command[:8], len(body))
+
+    def _on_request(self, body: bytes) -> None:
+        try:
+            intent = decode(body)
+        except IntentError as exc:
+            log.warning("bad REQUEST: %s", exc)
+            if exc.request_code is not None:
+                self._send(REPLY, encode(Intent(Action.RESPONSE, exc.request_code, result=1,
+                                                error_code=ErrorCode.BAD_INTENT,
+                                                error_message=str(exc))))
+            return
+        assert self._pool is not None
+        if not intent.action.is_request:
+            targets = [self._plugins[intent.plugin_id]] if intent.plugin_id in self._plugins \
+                else list(self._plugins.values()) if intent.plugin_id is None else []
+            for plugin in targets:
+                self._pool.submit(self._guard, plugin.notice, intent)
+            return
+        plugin = self._plugins.get(intent.plugin_id or "")
+        if plugin is None:
+            self._send(REPLY, encode(intent.error(
+                ErrorCode.NOT_SUPPORT_PROFILE,
+                f"plug-in {intent.plugin_id!r} is not on host {self._config.host_id}")))
+            return
+        self._pool.submit(self._work, plugin, intent)
+
+    # ---- worker threads -> loop ----
+
+    def _work(self, plugin: Plugin, intent: Intent) -> None:
+        """Run on a pool thread: call the plug-in, encode, hand the REPLY to the loop."""
+        reply = _answer(plugin, intent)
+        try:
+            payload = _checked(reply)
+        except IntentError as exc:
+            log.error("plug-in %s: response to %s is not a valid Intent: %s",
+                      plugin.info.id, intent.path, exc)
+            payload = encode(intent.error(ErrorCode.UNKNOWN,
+                                          f"the plug-in's response is not valid: {exc}"))
+        self._mailbox.post((REPLY, payload))
+
+    def _emitter(self, plugin: Plugin) -> Callable[[Intent], None]:
+        def emit(intent: Intent) -> None:
+            if intent.action is not Action.EVENT:
+                raise ValueError(f"emit() takes EVENT intents, not {intent.action.value}")
+            intent = dataclasses.replace(intent, plugin_id=plugin.info.id)
+            if not self._mailbox.post((EVENT, _checked(intent))):
+                log.debug("host stopped; event %s dropped", intent.path)
+        return emit
+
+    def _outgoing(self, item: tuple[Any, ...]) -> None:
+        if item[0] in (REPLY, EVENT):
+            self._send(item[0], item[1])
+
+
+def _answer(plugin: Plugin, intent: Intent) -> Intent:
+    try:
+        if intent.profile == DISCOVERY_PROFILE and intent.attribute == DISCOVERY_ATTRIBUTE:
+            return intent.response({"services": plugin.services()})
+        reply = plugin.handle(intent)
+    except P3DError as exc:
+        return intent.error(exc.code, exc.message)
+    except Exception as exc:
+        log.exception("plug-in %s failed on %s", plugin.info.id, intent.path)
+        return intent.error(ErrorCode.UNKNOWN, str(exc) or type(exc).__name__)
+    if not (isinstance(reply, Intent) and reply.action is Action.RESPONSE
+            and reply.request_code == intent.request_code):
+        log.error("plug-in %s returned %r for %s, not its RESPONSE", plugin.info.id,
+                  type(reply).__name__, intent.path)
+        return intent.error(ErrorCode.UNKNOWN, "the plug-in returned an invalid response")
+    if reply.plugin_id != intent.plugin_id:  # the server matches replies by (requestCode, pluginId)
+        reply = dataclasses.replace(reply, plugin_id=intent.plugin_id)
+    return reply
+
+
+def _checked(intent: Intent) -> bytes:
+    """Encode and decode again: the server must be able to read what we send."""
+    try:
+        payload = encode(intent)
+    except (TypeError, ValueError) as exc:  # IntentError (too large) is a ValueError
+        raise IntentError(str(exc), intent.request_code) from None
+    decode(payload)
+    return payload

@@ -1,0 +1,180 @@
+"""The 3D printer plug-in: Service Connecting and Printing Command of the Printer Authentication API.
+
+Connect asks the contents server for a secure token sealed to the chosen printer and keeps
+it as an opaque string; print hands that token to the printer, which redeems it itself. The
+app only ever sees a connectionId, the content's metadata and a jobId.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from gotapi3dp import __version__
+from gotapi3dp.config import Config, PrinterEntry
+from gotapi3dp.wire.busproto import PluginInfo
+from gotapi3dp.wire.errors import ErrorCode, P3DError
+from gotapi3dp.wire.ids import CONTENT_ID_RE
+from gotapi3dp.wire.intent import Intent
+from plugin_host.plugin import Plugin
+
+from .clients import ContentsClient, PrinterClient
+from .connections import ConnectionStore
+from .printers import load_printers
+
+log = logging.getLogger(__name__)
+
+PLUGIN_ID = "printer3d"
+PROFILE = "printer3d"
+SPEC_PATH = Path(__file__).with_name("printer3d.json")
+IDENTITY_TIMEOUT = 1.5
+
+Handler = Callable[[PrinterEntry, Intent], dict[str, Any]]
+
+
+def _param(intent: Intent, name: str, pattern: Any = None) -> str:
+    """A required string parameter; error 10 names it."""
+    value = intent.params.get(name)
+    if not isinstance(value, str) or not value:
+        raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER, f"{name} is required")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER, f"{name} has an invalid format")
+    return value
+
+
+class Printer3DPlugin(Plugin):
+    info = PluginInfo(PLUGIN_ID, "3D Printer (Printer Authentication)", __version__,
+                      [PROFILE, "serviceInformation"])
+
+    def __init__(self, printers: list[PrinterEntry], contents: ContentsClient,
+                 connections: ConnectionStore, http_timeout: float) -> None:
+        self._printers = {p.service_id: p for p in printers}
+        self._clients = {p.service_id: PrinterClient(p.url, p.api_key, http_timeout) for p in printers}
+        self._contents = contents
+        self._connections = connections
+        self._spec = json.loads(SPEC_PATH.read_text())
+        self._routes: dict[tuple[str, str], Handler] = {
+            ("POST", "connect"): self.connect,
+            ("POST", "print"): self.print_,
+            ("GET", "job"): self.job,
+            ("DELETE", "job"): self.cancel,
+            ("PUT", "pause"): self.pause,
+            ("PUT", "resume"): self.resume,
+            ("GET", "status"): self.status,
+        }
+
+    # -- Plugin interface ---------------------------------------------------------------
+    def start(self, emit: Callable[[Intent], None]) -> None:
+        self._emit = emit
+
+    def stop(self) -> None:
+        self._connections.close()
+
+    def services(self) -> list[dict[str, Any]]:
+        """Each printer is a service; online if its job API answers now."""
+        entries = list(self._printers.values())
+        if not entries:
+            return []
+        with ThreadPoolExecutor(max_workers=min(8, len(entries))) as pool:
+            online = list(pool.map(self._is_online, entries))
+        return [{"id": p.service_id, "name": p.name, "online": up, "type": "WiFi"}
+                for p, up in zip(entries, online)]
+
+    def handle(self, intent: Intent) -> Intent:
+        printer = self._printer(intent.service_id)
+        if intent.profile.lower() == "serviceinformation":
+            return intent.response(self._information())
+        handler = self._route(intent)
+        return intent.response(handler(printer, intent))
+
+    # -- printer3d API ------------------------------------------------------------------
+    def connect(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
+        """Service Connecting (spec steps 2-5): get a secure token for printer + content."""
+        content_id = _param(intent, "contentId", CONTENT_ID_RE)
+        contents_key = _param(intent, "contentsKey")
+        issued = self._contents.issue_token(contents_key, self._printer_id(printer), content_id)
+        conn = self._connections.add(printer.service_id, intent.origin or "", issued["token"],
+                                     issued["content"], float(issued["expiresAt"]))
+        return {"connectionId": conn.id, "content": conn.content, "expiresAt": conn.expires_at}
+
+    def print_(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
+        """Printing Command (steps 7-12): hand the sealed token to the printer."""
+        conn = self._connections.get(_param(intent, "connectionId"), printer.service_id,
+                                     intent.origin or "")
+        job = self._clients[printer.service_id].submit(conn.token)
+        self._connections.set_job(conn.id, job["id"])
+        return {"jobId": job["id"]}
+
+    def job(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
+        return {"job": _app_job(self._clients[printer.service_id].job(_param(intent, "jobId")))}
+
+    def cancel(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
+        self._clients[printer.service_id].cancel(_param(intent, "jobId"))
+        return {}
+
+    def pause(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
+        self._clients[printer.service_id].pause(_param(intent, "jobId"))
+        return {}
+
+    def resume(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
+        self._clients[printer.service_id].resume(_param(intent, "jobId"))
+        return {}
+
+    def status(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
+        status = self._clients[printer.service_id].status()
+        answer = {"state": status["state"], "temperatures": status["temperatures"]}
+        if status.get("jobId"):
+            answer["jobId"] = status["jobId"]
+        return answer
+
+    # -- helpers -----------------------------------------------------------------------
+    def _printer(self, service_id: str | None) -> PrinterEntry:
+        if not service_id:
+            raise P3DError(ErrorCode.EMPTY_SERVICE_ID)
+        printer = self._printers.get(service_id)
+        if printer is None:
+            raise P3DError(ErrorCode.NOT_FOUND_SERVICE, f"no printer with service id {service_id}")
+        return printer
+
+    def _route(self, intent: Intent) -> Handler:
+        if intent.profile.lower() != PROFILE or intent.interface:
+            raise P3DError(ErrorCode.NOT_SUPPORT_PROFILE)
+        attribute = (intent.attribute or "").lower()
+        handler = self._routes.get((intent.action.value, attribute))
+        if handler is not None:
+            return handler
+        if any(attr == attribute for _, attr in self._routes):
+            raise P3DError(ErrorCode.NOT_SUPPORT_ACTION,
+                           f"{intent.action.value} is not supported on {attribute}")
+        raise P3DError(ErrorCode.NOT_SUPPORT_ATTRIBUTE, f"unknown attribute {attribute!r}")
+
+    def _printer_id(self, printer: PrinterEntry) -> str:
+        if not printer.printer_id:
+            printer.printer_id = self._clients[printer.service_id].identity(IDENTITY_TIMEOUT)["printerId"]
+        return printer.printer_id
+
+    def _is_online(self, printer: PrinterEntry) -> bool:
+        try:
+            self._clients[printer.service_id].identity(IDENTITY_TIMEOUT)
+            return True
+        except P3DError:
+            return False
+
+    def _information(self) -> dict[str, Any]:
+        return {"supports": [PROFILE], "supportApis": {PROFILE: self._spec},
+                "connect": {"wifi": True}}
+
+
+def _app_job(job: dict[str, Any]) -> dict[str, Any]:
+    """The job as the printer3d profile shows it (printer-internal stats stay out)."""
+    keys = ("id", "state", "progress", "layer", "layers", "error", "contentId", "createdAt", "updatedAt")
+    return {k: job[k] for k in keys if k in job}
+
+
+def build_plugins(config: Config) -> list[Plugin]:
+    host = config.plugin_host
+    store = ConnectionStore(config.dir_for("plugin_host") / "connections.sqlite3")
+    contents = ContentsClient(host.contents_url, host.http_timeout)
+    return [Printer3DPlugin(load_printers(config), contents, store, host.http_timeout)]

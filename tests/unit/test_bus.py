@@ -1,0 +1,416 @@
+"""The server end of the bus against hand-driven DEALER peers: protocol, liveness, garbage, tap."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterator
+
+import msgpack
+import pytest
+import zmq
+
+from gotapi3dp.wire.busproto import (DISCONNECT, EVENT, HEARTBEAT, MAX_FRAME_BYTES, PROTOCOL,
+                                     READY, REPLY, REQUEST, Announce, PluginInfo)
+from gotapi3dp.wire.errors import ErrorCode, P3DError
+from gotapi3dp.wire.intent import Action, Intent, decode, encode
+from gotapi_server.bus import Bus
+from gotapi_server.tap import tap
+
+HB = 0.1         # heartbeat interval used by these tests
+LIVENESS = 3     # -> a silent host is dead after 0.3 s (the `quick_bus` fixture)
+PATIENT = 50     # raw hosts driven by hand do not heartbeat: 5 s for the `bus` fixture
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def _bus(liveness: int) -> Iterator[Bus]:
+    b = Bus("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", heartbeat=HB, liveness=liveness)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def bus() -> Iterator[Bus]:
+    yield from _bus(PATIENT)
+
+
+@pytest.fixture
+def quick_bus() -> Iterator[Bus]:
+    yield from _bus(LIVENESS)
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(8) as p:
+        yield p
+
+
+class RawHost:
+    """A DEALER driven by the test thread: speaks the bus protocol, or garbage on purpose."""
+
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str, host_id: str = "raw-host",
+                 plugins: tuple[str, ...] = ("echo",), reconnect: bool = True) -> None:
+        self.host_id, self.plugins = host_id, plugins
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.routing_id = host_id.encode()
+        if not reconnect:
+            self.sock.setsockopt(zmq.RECONNECT_IVL, -1)
+        self.sock.connect(endpoint)
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.send_multipart(list(frames))
+
+    def ready(self) -> None:
+        infos = [PluginInfo(p, p.title(), "1.0", [p]) for p in self.plugins]
+        self.send(PROTOCOL, READY, msgpack.packb(Announce(self.host_id, infos).to_map()))
+
+    def recv(self, timeout: float = 2.0, skip_heartbeats: bool = True) -> list[bytes] | None:
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            if not self.sock.poll(int(left * 1000) + 1):
+                return None
+            frames = self.sock.recv_multipart()
+            if not (skip_heartbeats and frames[1:2] == [HEARTBEAT]):
+                return frames
+        return None
+
+    def beat_for(self, seconds: float) -> None:
+        """Keep the link alive (answer with heartbeats) for a while."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.send(PROTOCOL, HEARTBEAT)
+            time.sleep(HB / 2)
+
+    def answer(self, timeout: float = 2.0) -> Intent:
+        """Receive one REQUEST and echo its params back."""
+        frames = self.recv(timeout)
+        assert frames is not None and frames[:2] == [PROTOCOL, REQUEST], frames
+        intent = decode(frames[2])
+        self.send(PROTOCOL, REPLY, encode(intent.response({"echo": intent.params})))
+        return intent
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 3.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def online(bus: Bus, plugin_id: str) -> bool:
+    return any(p.id == plugin_id and p.online for p in bus.plugins())
+
+
+def connected(ctx: zmq.Context[Any], bus: Bus, host_id: str = "raw-host",
+              plugins: tuple[str, ...] = ("echo",), **kw: Any) -> RawHost:
+    host = RawHost(ctx, bus.endpoint, host_id, plugins, **kw)
+    host.ready()
+    assert wait_until(lambda: all(online(bus, p) for p in plugins))
+    return host
+
+
+def get(plugin_id: str = "echo", **params: Any) -> Intent:
+    return Intent(Action.GET, profile="echo", attribute="say", params=params)
+
+
+# ---- requests ----
+
+def test_request_reaches_the_host_and_the_reply_resolves_it(ctx, bus, pool) -> None:
+    host = connected(ctx, bus)
+    intent = get(word="hi")
+    fut = pool.submit(bus.request, intent, "echo", 5.0)
+    seen = host.answer()
+    assert seen.request_code == intent.request_code and seen.plugin_id == "echo"
+    reply = fut.result(timeout=5)
+    assert reply.request_code == intent.request_code
+    assert reply.params == {"echo": {"word": "hi"}} and reply.result == 0
+
+
+def test_plugins_lists_announced_plugins(ctx, bus) -> None:
+    connected(ctx, bus, "h-a", ("alpha", "beta"))
+    records = {p.id: p for p in bus.plugins()}
+    assert set(records) == {"alpha", "beta"}
+    assert records["alpha"].host_id == "h-a" and records["alpha"].profiles == ["alpha"]
+    assert records["beta"].online and records["beta"].last_seen > time.time() - 5
+
+
+def test_unknown_plugin_is_illegal_server_state(bus) -> None:
+    with pytest.raises(P3DError) as info:
+        bus.request(get(), "nobody", 5.0)
+    assert info.value.code == ErrorCode.ILLEGAL_SERVER_STATE
+    assert "plug-in nobody is not connected" in info.value.message
+
+
+def test_request_on_a_stopped_bus_is_illegal_server_state() -> None:
+    b = Bus("tcp://127.0.0.1:0")
+    with pytest.raises(P3DError) as info:
+        b.request(get(), "echo", 1.0)
+    assert info.value.code == ErrorCode.ILLEGAL_SERVER_STATE
+    b.start()
+    b.stop()
+    b.stop()  # idempotent
+    with pytest.raises(P3DError):
+        b.request(get(), "echo", 1.0)
+
+
+def test_start_fails_loudly_when_the_port_is_taken(bus) -> None:
+    second = Bus(bus.endpoint)
+    with pytest.raises(zmq.ZMQError):
+        second.start()
+    second.stop()
+
+
+def test_request_rejects_non_request_actions(bus) -> None:
+    with pytest.raises(P3DError) as info:
+        bus.request(Intent(Action.EVENT, profile="x"), "echo", 1.0)
+    assert info.value.code == ErrorCode.BAD_INTENT
+
+
+def test_timeout_then_late_reply_is_dropped_quietly(ctx, bus, pool, caplog) -> None:
+    host = connected(ctx, bus)
+    started = time.monotonic()
+    fut = pool.submit(bus.request, get(), "echo", 0.3)
+    frames = host.recv()
+    with pytest.raises(P3DError) as info:
+        fut.result(timeout=5)
+    assert info.value.code == ErrorCode.TIMEOUT and time.monotonic() - started < 2
+    caplog.set_level(logging.WARNING, logger="gotapi_server.bus")
+    host.send(PROTOCOL, REPLY, encode(decode(frames[2]).response({})))
+    fut = pool.submit(bus.request, get(n=2), "echo", 5.0)
+    host.answer()
+    assert fut.result(timeout=5).params == {"echo": {"n": 2}}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_silent_host_fails_pending_requests_at_heartbeat_expiry(ctx, quick_bus, pool) -> None:
+    bus = quick_bus
+    host = connected(ctx, bus)
+    started = time.monotonic()
+    fut = pool.submit(bus.request, get(), "echo", 20.0)
+    assert host.recv() is not None  # the REQUEST; now the host goes silent
+    with pytest.raises(P3DError) as info:
+        fut.result(timeout=5)
+    assert info.value.code == ErrorCode.TIMEOUT
+    assert time.monotonic() - started < 2.0
+    assert not online(bus, "echo") and any(p.id == "echo" for p in bus.plugins())
+
+
+def test_heartbeats_keep_a_host_online_and_flow_both_ways(ctx, quick_bus) -> None:
+    bus = quick_bus
+    host = connected(ctx, bus)
+    host.beat_for(4 * HB * LIVENESS)
+    assert online(bus, "echo")
+    frames = host.recv(1.0, skip_heartbeats=False)
+    assert frames == [PROTOCOL, HEARTBEAT]
+
+
+def test_host_disconnect_fails_pending_at_once(ctx, bus, pool) -> None:
+    host = connected(ctx, bus)
+    fut = pool.submit(bus.request, get(), "echo", 20.0)
+    host.recv()
+    host.send(PROTOCOL, DISCONNECT)
+    with pytest.raises(P3DError) as info:
+        fut.result(timeout=1.0)
+    assert info.value.code == ErrorCode.TIMEOUT
+    assert not online(bus, "echo")
+
+
+def test_second_ready_is_answered_with_disconnect(ctx, bus) -> None:
+    host = connected(ctx, bus)
+    host.ready()
+    assert host.recv() == [PROTOCOL, DISCONNECT]
+    assert wait_until(lambda: not online(bus, "echo"))
+    host.ready()  # a fresh start is accepted again
+    assert wait_until(lambda: online(bus, "echo"))
+
+
+def test_plugin_id_already_online_elsewhere_is_refused(ctx, bus) -> None:
+    connected(ctx, bus, "h-one")
+    other = RawHost(ctx, bus.endpoint, "h-two")
+    other.ready()
+    assert other.recv() == [PROTOCOL, DISCONNECT]
+    assert [p.host_id for p in bus.plugins()] == ["h-one"]
+
+
+def test_stop_fails_waiting_requests(ctx, pool) -> None:
+    b = Bus("tcp://127.0.0.1:0", heartbeat=HB, liveness=PATIENT)
+    b.start()
+    host = connected(ctx, b)
+    fut = pool.submit(b.request, get(), "echo", 20.0)
+    host.recv()
+    b.stop()
+    with pytest.raises(P3DError) as info:
+        fut.result(timeout=2)
+    assert info.value.code == ErrorCode.ILLEGAL_SERVER_STATE
+
+
+# ---- notices and events ----
+
+def test_notify_reaches_every_host(ctx, bus) -> None:
+    a, b = connected(ctx, bus, "h-a", ("alpha",)), connected(ctx, bus, "h-b", ("beta",))
+    bus.notify(Intent(Action.EVENT_TRANSMIT_DISCONNECT, profile="", origin="app.example"))
+    for host in (a, b):
+        frames = host.recv()
+        assert frames is not None and frames[1] == REQUEST
+        assert decode(frames[2]).action is Action.EVENT_TRANSMIT_DISCONNECT
+    bus.notify(Intent(Action.PLUGIN_RESET, profile=""), "beta")
+    frames = b.recv()
+    assert decode(frames[2]).plugin_id == "beta"
+    assert a.recv(0.3) is None
+
+
+def test_events_reach_callbacks_even_after_a_failing_one(ctx, bus) -> None:
+    got: list[tuple[str, Intent]] = []
+    bus.on_event(lambda pid, it: 1 / 0)
+    bus.on_event(lambda pid, it: got.append((pid, it)))
+    host = connected(ctx, bus)
+    host.send(PROTOCOL, EVENT, encode(Intent(Action.EVENT, profile="echo", plugin_id="other")))
+    host.send(PROTOCOL, EVENT, b"\x93garbage")
+    event = Intent(Action.EVENT, profile="echo", attribute="tick", plugin_id="echo",
+                   params={"n": 1})
+    host.send(PROTOCOL, EVENT, encode(event))
+    assert wait_until(lambda: len(got) == 1)
+    assert got[0] == ("echo", event)
+
+
+# ---- garbage ----
+
+def _garbage(rc: bytes) -> list[list[bytes]]:
+    ext = msgpack.packb({"v": 1, "requestCode": rc, "action": "RESPONSE", "profile": "echo",
+                         "params": {"x": msgpack.ExtType(3, b"zz")}})
+    bad_action = msgpack.packb({"v": 1, "requestCode": rc, "action": "FLY", "profile": "echo"})
+    return [
+        [b"only-one-frame"],
+        [b"NOTGOTAPI", HEARTBEAT],
+        [PROTOCOL],
+        [PROTOCOL, b"\x09", b"unknown command"],
+        [PROTOCOL, REQUEST, encode(get())],
+        [PROTOCOL, REPLY],
+        [PROTOCOL, REPLY, b"a", b"b"],
+        [PROTOCOL, REPLY, encode(get().response({}))[:-3]],
+        [PROTOCOL, REPLY, b"\xc1"],
+        [PROTOCOL, REPLY, ext],
+        [PROTOCOL, REPLY, encode(get().response({}))],  # unknown requestCode
+        [PROTOCOL, HEARTBEAT, b"extra"],
+        [PROTOCOL, REPLY, bad_action],
+    ]
+
+
+def test_garbage_from_a_known_host_is_survived(ctx, bus, pool) -> None:
+    host = connected(ctx, bus)
+    fut = pool.submit(bus.request, get(), "echo", 20.0)
+    rc = decode(host.recv()[2]).request_code
+    for frames in _garbage(rc):
+        host.send(*frames)
+    with pytest.raises(P3DError) as info:  # the bad_action REPLY names its requestCode
+        fut.result(timeout=2)
+    assert info.value.code == ErrorCode.BAD_INTENT
+    fut = pool.submit(bus.request, get(after="garbage"), "echo", 5.0)
+    host.answer()
+    assert fut.result(timeout=5).params == {"echo": {"after": "garbage"}}
+
+
+def test_garbage_from_strangers_is_survived(ctx, bus, pool) -> None:
+    good = connected(ctx, bus)
+    stranger = RawHost(ctx, bus.endpoint, "stranger")
+    stranger.send(PROTOCOL, REQUEST, encode(get()))
+    assert stranger.recv() == [PROTOCOL, DISCONNECT]  # REQUEST before READY
+    for frames in _garbage(b"\x00" * 16):
+        stranger.send(*frames)
+    stranger.send(PROTOCOL, READY, b"\x80")  # announce without fields
+    stranger.send(PROTOCOL, READY, b"\x81\xa1v")  # truncated announce
+    anonymous = ctx.socket(zmq.DEALER)
+    anonymous.linger = 0
+    anonymous.connect(bus.endpoint)
+    anonymous.send_multipart([PROTOCOL, READY, b"\xd4\x05\x00"])  # ext type as announce
+    huge = RawHost(ctx, bus.endpoint, "huge")
+    huge.send(PROTOCOL, READY, b"\x00" * (MAX_FRAME_BYTES + 1))  # libzmq drops the peer
+    fut = pool.submit(bus.request, get(still="ok"), "echo", 5.0)
+    good.answer()
+    assert fut.result(timeout=5).params == {"echo": {"still": "ok"}}
+    assert not online(bus, "huge") and [p.id for p in bus.plugins()] == ["echo"]
+
+
+def test_ready_with_mismatched_host_id_is_refused(ctx, bus) -> None:
+    liar = RawHost(ctx, bus.endpoint, "liar")
+    liar.send(PROTOCOL, READY, msgpack.packb(Announce("someone-else", []).to_map()))
+    assert liar.recv() == [PROTOCOL, DISCONNECT]
+
+
+# ---- tap ----
+
+def _run_tap(bus: Bus, as_json: bool) -> tuple[io.StringIO, threading.Event, threading.Thread]:
+    out, stop = io.StringIO(), threading.Event()
+    thread = threading.Thread(target=tap, args=(bus.tap_endpoint, as_json, out, stop), daemon=True)
+    thread.start()
+    return out, stop, thread
+
+
+def _tap_is_live(out: io.StringIO, host: RawHost) -> bool:
+    """Slow joiner: heartbeat until the tap has printed something."""
+    return wait_until(lambda: (host.send(PROTOCOL, HEARTBEAT), out.getvalue())[1] != "")
+
+
+def test_tap_shows_request_and_reply_decoded(ctx, bus, pool) -> None:
+    host = connected(ctx, bus)
+    out, stop, thread = _run_tap(bus, as_json=False)
+    assert _tap_is_live(out, host)
+    intent = get(word="tapped")
+    fut = pool.submit(bus.request, intent, "echo", 5.0)
+    host.answer()
+    fut.result(timeout=5)
+    host.send(PROTOCOL, EVENT, b"\xc1\xc1")
+    prefix = intent.request_code.hex()[:8]
+    assert wait_until(lambda: "undecodable" in out.getvalue())
+    stop.set()
+    thread.join(timeout=2)
+    lines = out.getvalue().splitlines()
+    request = [ln for ln in lines if " REQUEST " in ln]
+    reply = [ln for ln in lines if " REPLY " in ln]
+    assert request and f"rc={prefix}" in request[0] and "out raw-host" in request[0]
+    assert "GET /echo/say" in request[0] and "plugin=echo" in request[0]
+    assert reply and f"rc={prefix}" in reply[0] and "result=0" in reply[0]
+    assert any("EVENT" in ln and "undecodable" in ln and "2 bytes" in ln for ln in lines)
+
+
+def test_tap_json_lines(ctx, bus, pool) -> None:
+    host = connected(ctx, bus)
+    out, stop, thread = _run_tap(bus, as_json=True)
+    assert _tap_is_live(out, host)
+    intent = get(blob=b"\x01\x02")
+    fut = pool.submit(bus.request, intent, "echo", 5.0)
+    host.answer()
+    fut.result(timeout=5)
+    assert wait_until(lambda: '"REPLY"' in out.getvalue())
+    stop.set()
+    thread.join(timeout=2)
+    records = [json.loads(ln) for ln in out.getvalue().splitlines()]
+    sent = [r for r in records if r.get("command") == "REQUEST"][0]
+    assert sent["direction"] == "out" and sent["peer"] == "raw-host"
+    assert sent["intent"]["requestCode"] == intent.request_code.hex()
+    assert sent["intent"]["params"] == {"blob": "0102"}
+
+
+def test_tap_limit_returns(ctx, bus) -> None:
+    host = connected(ctx, bus)
+    out = io.StringIO()
+    result: Future[int] = Future()
+    thread = threading.Thread(target=lambda: result.set_result(
+        tap(bus.tap_endpoint, False, out, limit=3)), daemon=True)
+    thread.start()
+    host.beat_for(1.0)
+    assert result.result(timeout=3) == 0
+    assert len(out.getvalue().splitlines()) == 3

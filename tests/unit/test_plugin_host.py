@@ -1,0 +1,410 @@
+"""A real Bus and a real PluginHost over TCP: dispatch, errors, concurrency, timeouts, restarts."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator
+
+import msgpack
+import pytest
+import zmq
+
+from gotapi3dp.config import PluginHostConfig
+from gotapi3dp.wire.busproto import (PROTOCOL, READY, REPLY, REQUEST, Announce, PluginInfo,
+                                     decode_announce)
+from gotapi3dp.wire.errors import ErrorCode, P3DError
+from gotapi3dp.wire.intent import Action, Intent, decode, encode
+from gotapi_server.bus import Bus
+from plugin_host.host import PluginHost
+from plugin_host.plugin import Plugin
+
+HB = 0.1
+LIVENESS = 5      # a silent peer is dead after 0.5 s on either side
+FAST = dict(heartbeat=HB, liveness=LIVENESS, reconnect_min=0.05, reconnect_max=0.4)
+
+
+class EchoPlugin(Plugin):
+    """Echoes params; `sleep`, `raise`, `fail` and `bad` params select misbehaviour."""
+
+    info = PluginInfo("echo", "Echo", "1.0", ["echo"])
+
+    def __init__(self) -> None:
+        self.notices: list[Intent] = []
+
+    def services(self) -> list[dict[str, Any]]:
+        return [{"id": "svc1", "name": "Echo One", "online": True, "type": "test"}]
+
+    def handle(self, intent: Intent) -> Intent:
+        p = intent.params
+        if "sleep" in p:
+            time.sleep(p["sleep"])
+        if "fail" in p:
+            raise P3DError(ErrorCode.PRINTER_BUSY, p["fail"])
+        if "raise" in p:
+            raise RuntimeError(p["raise"])
+        if p.get("bad") == "type":
+            return intent.response({"obj": object()})
+        if p.get("bad") == "keys":
+            return intent.response({"m": {1: 2}})
+        if p.get("bad") == "none":
+            return None  # type: ignore[return-value]
+        if p.get("emit"):
+            self.emit(self.event("echo", "tick", params={"n": p["emit"]}))
+        return intent.response({"echo": p, "service": intent.service_id})
+
+    def notice(self, intent: Intent) -> None:
+        self.notices.append(intent)
+
+
+class Running:
+    """A PluginHost serving on its own thread."""
+
+    def __init__(self, endpoint: str, host_id: str = "host-1",
+                 plugins: list[Plugin] | None = None) -> None:
+        self.plugins = plugins if plugins is not None else [EchoPlugin()]
+        config = PluginHostConfig(bus_endpoint=endpoint, host_id=host_id)
+        self.host = PluginHost(config, self.plugins, **FAST)
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.host.run, args=(self.stop_event,), daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.host.stop()
+        self.thread.join(timeout=5)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def bus() -> Iterator[Bus]:
+    b = Bus("tcp://127.0.0.1:0", heartbeat=HB, liveness=LIVENESS)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def hosts(bus: Bus) -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def start(host_id: str = "host-1", plugins: list[Plugin] | None = None) -> Running:
+        run = Running(bus.endpoint, host_id, plugins)
+        started.append(run)
+        assert wait_until(lambda: all(online(bus, p.info.id) for p in run.plugins))
+        return run
+
+    yield start
+    for run in started:
+        run.stop()
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def online(bus: Bus, plugin_id: str) -> bool:
+    return any(p.id == plugin_id and p.online for p in bus.plugins())
+
+
+def get(**params: Any) -> Intent:
+    return Intent(Action.GET, profile="echo", attribute="say", service_id="svc1", params=params)
+
+
+def error_of(bus: Bus, intent: Intent, plugin_id: str = "echo", timeout: float = 5.0) -> P3DError:
+    with pytest.raises(P3DError) as info:
+        bus.request(intent, plugin_id, timeout)
+    return info.value
+
+
+# ---- dispatch ----
+
+def test_response_echoes_request_code(bus, hosts) -> None:
+    hosts()
+    intent = get(word="hello")
+    reply = bus.request(intent, "echo", 5.0)
+    assert reply.action is Action.RESPONSE and reply.result == 0
+    assert reply.request_code == intent.request_code
+    assert reply.params == {"echo": {"word": "hello"}, "service": "svc1"}
+
+
+def test_host_answers_service_discovery(bus, hosts) -> None:
+    hosts()
+    intent = Intent(Action.GET, profile="networkServiceDiscovery", attribute="getNetworkServices")
+    reply = bus.request(intent, "echo", 5.0)
+    assert reply.params == {"services": [{"id": "svc1", "name": "Echo One", "online": True,
+                                          "type": "test"}]}
+
+
+class RawServer:
+    """A ROUTER driven by the test thread, to talk to a real PluginHost directly."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        self.sock.bind("tcp://127.0.0.1:*")
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def recv(self, command: bytes, timeout: float = 3.0) -> list[bytes]:
+        end = time.monotonic() + timeout
+        while self.sock.poll(max(1, int((end - time.monotonic()) * 1000))):
+            frames = self.sock.recv_multipart()
+            if frames[2] == command:
+                return frames
+        raise AssertionError(f"no {command!r} within {timeout} s")
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+
+
+class _Named(Plugin):
+    def __init__(self, plugin_id: str) -> None:
+        self.info = PluginInfo(plugin_id, plugin_id.title(), "1.0", [plugin_id])
+
+    def handle(self, intent: Intent) -> Intent:
+        reply = intent.response({"me": self.info.id})
+        reply.plugin_id = None  # sloppy plug-in: the host restores it
+        return reply
+
+
+def test_host_side_unknown_plugin_and_garbage_requests() -> None:
+    server = RawServer()
+    run = Running(server.endpoint)
+    try:
+        peer, _, _, body = server.recv(READY)
+        assert peer == b"host-1" and decode_announce(body).plugins[0].id == "echo"
+        ask = get(x=1)
+        ask.plugin_id = "missing"
+        server.sock.send_multipart([peer, PROTOCOL, REQUEST, encode(ask)])
+        reply = decode(server.recv(REPLY)[3])
+        assert (reply.request_code, reply.result, reply.error_code) == \
+            (ask.request_code, 1, ErrorCode.NOT_SUPPORT_PROFILE)
+        bad = msgpack.packb({"v": 1, "requestCode": ask.request_code, "action": "JUMP",
+                             "profile": "echo"})
+        for junk in ([b"\x93x"], [PROTOCOL], [b"XX", REQUEST, b""], [PROTOCOL, b"\x42"],
+                     [PROTOCOL, REQUEST, b"\xc1"], [PROTOCOL, REQUEST, bad]):
+            server.sock.send_multipart([peer, *junk])
+        reply = decode(server.recv(REPLY)[3])  # the JUMP request names its requestCode
+        assert (reply.request_code, reply.error_code) == (ask.request_code, ErrorCode.BAD_INTENT)
+        ok = get(y=2)
+        ok.plugin_id = "echo"
+        server.sock.send_multipart([peer, PROTOCOL, REQUEST, encode(ok)])
+        assert decode(server.recv(REPLY)[3]).params["echo"] == {"y": 2}
+    finally:
+        run.stop()
+        server.close()
+
+
+def test_host_reconnects_with_back_off_when_the_server_is_silent() -> None:
+    server = RawServer()
+    run = Running(server.endpoint)
+    try:
+        times = []
+        for _ in range(3):  # never answered: READY again after each expiry, back-off growing
+            server.recv(READY, timeout=5)
+            times.append(time.monotonic())
+        first, second = times[1] - times[0], times[2] - times[1]
+        assert first >= HB * LIVENESS and second > first
+    finally:
+        run.stop()
+        server.close()
+
+
+def test_plugin_errors_become_error_responses(bus, hosts) -> None:
+    hosts()
+    reply = bus.request(get(fail="busy printing"), "echo", 5.0)
+    assert (reply.result, reply.error_code, reply.error_message) == \
+        (1, ErrorCode.PRINTER_BUSY, "busy printing")
+    reply = bus.request(get(**{"raise": "kaboom"}), "echo", 5.0)
+    assert (reply.result, reply.error_code, reply.error_message) == (1, ErrorCode.UNKNOWN, "kaboom")
+    for bad in ("type", "keys", "none"):
+        reply = bus.request(get(bad=bad), "echo", 5.0)
+        assert (reply.result, reply.error_code) == (1, ErrorCode.UNKNOWN), bad
+    assert bus.request(get(after=1), "echo", 5.0).result == 0
+
+
+def test_one_intent_fanned_out_to_several_plugins(bus, hosts) -> None:
+    hosts("host-1", [EchoPlugin(), _Named("second")])
+    hosts("host-2", [_Named("third")])
+    intent = get(fan="out")  # the same requestCode to three plug-ins, as discovery does
+    with ThreadPoolExecutor(3) as pool:
+        replies = list(pool.map(lambda pid: bus.request(intent, pid, 5.0),
+                                ["echo", "second", "third"]))
+    assert [r.plugin_id for r in replies] == ["echo", "second", "third"]
+    assert all(r.request_code == intent.request_code and r.result == 0 for r in replies)
+    assert replies[1].params == {"me": "second"}
+
+
+def test_same_request_code_twice_to_one_plugin_is_refused(bus, hosts) -> None:
+    hosts()
+    intent = get(sleep=0.5)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(bus.request, intent, "echo", 5.0)
+        time.sleep(0.1)
+        err = error_of(bus, intent)
+        assert err.code == ErrorCode.ILLEGAL_SERVER_STATE and "in flight" in err.message
+        assert first.result().result == 0
+
+
+def test_fifty_concurrent_requests(bus, hosts) -> None:
+    hosts()
+
+    def one(i: int) -> tuple[int, Intent, Intent]:
+        intent = get(i=i, sleep=0.01 * (i % 5))
+        return i, intent, bus.request(intent, "echo", 10.0)
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(one, range(50)))
+    for i, intent, reply in results:
+        assert reply.request_code == intent.request_code
+        assert reply.params["echo"]["i"] == i
+
+
+def test_slow_handler_times_out_then_host_keeps_serving(bus, hosts) -> None:
+    hosts()
+    started = time.monotonic()
+    err = error_of(bus, get(sleep=1.0), timeout=0.3)
+    assert err.code == ErrorCode.TIMEOUT and time.monotonic() - started < 0.9
+    assert bus.request(get(n=1), "echo", 5.0).params["echo"] == {"n": 1}
+    time.sleep(0.8)  # the late reply arrives and is dropped
+    assert bus.request(get(n=2), "echo", 5.0).params["echo"] == {"n": 2}
+
+
+def test_events_and_notices(bus, hosts) -> None:
+    got: list[tuple[str, Intent]] = []
+    bus.on_event(lambda pid, it: got.append((pid, it)))
+    run = hosts()
+    bus.request(get(emit=7), "echo", 5.0)
+    assert wait_until(lambda: len(got) == 1)
+    assert got[0][0] == "echo" and got[0][1].params == {"n": 7}
+    bus.notify(Intent(Action.EVENT_TRANSMIT_DISCONNECT, profile="", origin="app.example"))
+    plugin = run.plugins[0]
+    assert wait_until(lambda: len(plugin.notices) == 1)  # type: ignore[attr-defined]
+    assert plugin.notices[0].origin == "app.example"  # type: ignore[attr-defined]
+
+
+# ---- host going away and coming back ----
+
+def test_stopped_host_fails_waiting_request_promptly(bus, hosts) -> None:
+    run = hosts()
+    stopper = threading.Timer(0.2, run.stop)
+    stopper.start()
+    started = time.monotonic()
+    err = error_of(bus, get(sleep=3.0), timeout=20.0)
+    assert err.code == ErrorCode.TIMEOUT and time.monotonic() - started < 2.0
+    stopper.join()
+    assert not online(bus, "echo")
+
+
+def _serve_in_child(endpoint: str, host_id: str) -> None:
+    config = PluginHostConfig(bus_endpoint=endpoint, host_id=host_id)
+    PluginHost(config, [EchoPlugin()], **FAST).run(threading.Event())
+
+
+def test_killed_host_is_expired_and_a_restart_with_the_same_id_serves(bus, hosts) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    child = spawn.Process(target=_serve_in_child, args=(bus.endpoint, "host-1"), daemon=True)
+    child.start()
+    try:
+        assert wait_until(lambda: online(bus, "echo"), timeout=10)
+        threading.Timer(0.2, os.kill, (child.pid, signal.SIGKILL)).start()
+        started = time.monotonic()
+        # No goodbye: the next HEARTBEAT to it fails (EHOSTUNREACH), or liveness expires.
+        err = error_of(bus, get(sleep=5.0), timeout=20.0)
+        assert err.code == ErrorCode.TIMEOUT and time.monotonic() - started < 3.0
+        assert not online(bus, "echo") and [p.id for p in bus.plugins()] == ["echo"]
+    finally:
+        child.kill()
+        child.join(5)
+    hosts("host-1")
+    assert bus.request(get(back=True), "echo", 5.0).params["echo"] == {"back": True}
+
+
+def test_graceful_restart_with_the_same_id(bus, hosts) -> None:
+    first = hosts()
+    first.stop()
+    assert wait_until(lambda: not online(bus, "echo"), timeout=2)
+    assert error_of(bus, get()).code == ErrorCode.ILLEGAL_SERVER_STATE
+    hosts()
+    assert bus.request(get(again=1), "echo", 5.0).result == 0
+
+
+def test_restart_while_old_connection_still_holds_the_id(bus, hosts) -> None:
+    """A dead host whose TCP link is still open keeps its routing id; ROUTER_HANDOVER frees it."""
+    ctx = zmq.Context()
+    try:
+        zombie = ctx.socket(zmq.DEALER)
+        zombie.linger = 0
+        zombie.routing_id = b"host-1"
+        zombie.setsockopt(zmq.RECONNECT_IVL, -1)  # dead: it will not come back
+        zombie.connect(bus.endpoint)
+        infos = [EchoPlugin.info]
+        zombie.send_multipart([PROTOCOL, READY,
+                               msgpack.packb(Announce("host-1", infos).to_map())])
+        assert wait_until(lambda: online(bus, "echo"))
+        hosts("host-1")  # second READY -> DISCONNECT -> fresh socket after back-off -> online
+        assert wait_until(lambda: _answers(bus), timeout=5)
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_host_reconnects_when_the_server_restarts(hosts) -> None:
+    first = Bus("tcp://127.0.0.1:0", heartbeat=HB, liveness=LIVENESS)
+    first.start()
+    endpoint = first.endpoint
+    run = Running(endpoint)
+    try:
+        assert wait_until(lambda: online(first, "echo"))
+        first.stop()
+        time.sleep(0.2)
+        second = Bus(endpoint, heartbeat=HB, liveness=LIVENESS)
+        second.start()
+        try:
+            assert wait_until(lambda: _answers(second), timeout=8)
+        finally:
+            second.stop()
+    finally:
+        run.stop()
+
+
+def _answers(bus: Bus) -> bool:
+    try:
+        return bus.request(get(), "echo", 1.0).result == 0
+    except P3DError:
+        return False
+
+
+def test_serve_runs_until_sigterm(bus, monkeypatch) -> None:
+    import sys
+    import types
+
+    from gotapi3dp.config import Config
+    from plugin_host.main import serve
+
+    fake = types.ModuleType("plugin_host.printer3d.plugin")
+    fake.build_plugins = lambda config: [EchoPlugin()]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "plugin_host.printer3d.plugin", fake)
+    config = Config()
+    config.plugin_host.bus_endpoint = bus.endpoint
+    before = signal.getsignal(signal.SIGTERM)
+    seen: list[bool] = []
+
+    def check_then_term() -> None:
+        seen.append(wait_until(lambda: online(bus, "echo")))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=check_then_term)
+    killer.start()
+    serve(config)  # returns on SIGTERM
+    killer.join()
+    assert seen == [True]
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert wait_until(lambda: not online(bus, "echo"), timeout=2)
