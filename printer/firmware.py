@@ -1,0 +1,545 @@
+"""A virtual Marlin-like firmware: a pure protocol core and its pseudo-terminal runner.
+
+`VirtualFirmware` answers bytes with bytes, as Marlin 2 does: numbered lines need checksums and
+consecutive numbers, errors ask for a resend, a repeat of the last line is dropped (with an `ok`),
+heaters move toward their targets in the simulated time given to it. It logs every line it
+accepts and executes, raw, so a test can compare what ran with what was sent.
+`PtyFirmware` runs one on a pseudo-terminal that pyserial opens like any serial port.
+"""
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import random
+import re
+import select
+import struct
+import termios
+import threading
+import time
+import tty
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from gotapi3dp.config import FirmwareConfig
+
+from .gcode import parse_line
+
+AMBIENT = 25.0
+TEMP_WINDOW = 1.0           # degrees: a heater within this of its target has reached it
+PLANNER_FREE = 16           # P of ADVANCED_OK: this firmware has no planner queue to fill
+WAIT_REPORT = 1.0           # seconds between temperature lines while M109/M190 wait
+SKIP_OK = object()          # a handler that printed its own `ok` (M105)
+_WORD = re.compile(r"([A-Z])\s*([-+]?(?:\d+\.?\d*|\.\d+))?")
+
+
+@dataclass
+class Heater:
+    actual: float = AMBIENT
+    target: float = 0.0
+
+    def step(self, dt: float, rate: float) -> None:
+        goal = self.target if self.target > 0 else AMBIENT
+        delta = max(-rate * dt, min(rate * dt, goal - self.actual))
+        self.actual += delta
+
+
+@dataclass
+class _Queued:
+    raw: str                 # the line as received, for the log
+    command: str
+    number: int | None
+    noop: bool = False       # a dropped repeat: answer `ok`, execute nothing
+
+
+@dataclass
+class _Wait:
+    done: Callable[[], bool]
+    number: int | None
+    heating: bool = False
+
+
+@dataclass
+class _Motion:
+    pos: dict[str, float] = field(default_factory=lambda: dict.fromkeys("XYZE", 0.0))
+    relative: bool = False
+    relative_e: bool = False
+    feedrate: float = 3000.0     # mm/min
+
+
+class VirtualFirmware:
+    """Marlin 2's serial protocol and a few G-codes, in simulated time; no I/O."""
+
+    def __init__(self, config: FirmwareConfig, on_execute: Callable[[str], None] | None = None,
+                 keepalive: float = 2.0) -> None:
+        self.config = config
+        self.keepalive = keepalive
+        self.executed = 0
+        self.last_n = 0
+        self.halted = False
+        self.overflows = 0                       # bytes dropped because the RX buffer was full
+        self.heaters = {"T": Heater(), "B": Heater()}
+        self._on_execute = on_execute
+        self._rng = random.Random(config.seed)
+        self._rx = bytearray()
+        self._skip_partial = False
+        self._ring: deque[_Queued] = deque()
+        self._wait: _Wait | None = None
+        self._motion = _Motion()
+        self._now: float | None = None
+        self._report_every = 0.0
+        self._next_report = 0.0
+        self._next_busy = 0.0
+        self._next_wait_report = 0.0
+
+    # ------------------------------------------------------------ bytes in, bytes out
+    def feed(self, data: bytes, now: float) -> bytes:
+        """Receive bytes from the host; returns the reply bytes."""
+        out: list[str] = []
+        self._advance(now)
+        if self.halted:
+            return b""
+        self._receive(data)
+        self._service(out)
+        if len(self._rx) > self.config.rx_buffer:
+            self.overflows += len(self._rx) - self.config.rx_buffer
+            del self._rx[self.config.rx_buffer:]
+        return _encode(out)
+
+    def tick(self, now: float) -> bytes:
+        """Let simulated time pass: heaters, waits, keep-alive and M155 auto-reports."""
+        out: list[str] = []
+        self._advance(now)
+        if self.halted:
+            return b""
+        if self._report_every and now >= self._next_report:
+            self._next_report = now + self._report_every
+            out.append(self._temperature_line())
+        if self._wait is not None:
+            self._tick_wait(now, out)
+        return _encode(out)
+
+    def greet(self) -> bytes:
+        """What the board prints after a reset."""
+        return b"start\n"
+
+    def _advance(self, now: float) -> None:
+        dt = 0.0 if self._now is None else max(0.0, now - self._now)
+        self._now = now
+        for heater in self.heaters.values():
+            heater.step(dt, self.config.heat_rate)
+
+    def _receive(self, data: bytes) -> None:
+        if self._skip_partial:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return
+            data = data[newline + 1:]
+            self._skip_partial = False
+        self._rx.extend(data)
+
+    def _service(self, out: list[str]) -> None:
+        """Move lines from RX into the command buffer; execute until blocked or empty."""
+        while not self.halted:
+            while len(self._ring) < self.config.bufsize and not self.halted:
+                raw = self._take_line()
+                if raw is None:
+                    break
+                self._accept(raw, out)
+            if self._wait is not None or not self._ring or self.halted:
+                return
+            self._execute(self._ring.popleft(), out)
+
+    def _take_line(self) -> bytes | None:
+        while True:
+            newline = self._rx.find(b"\n")
+            if newline < 0:
+                return None
+            raw = bytes(self._rx[:newline]).strip()
+            del self._rx[:newline + 1]
+            if raw:
+                return raw
+
+    # ------------------------------------------------------------ line protocol
+    def _accept(self, raw: bytes, out: list[str]) -> None:
+        parsed = parse_line(raw)
+        text = raw.decode("ascii", "replace")
+        if "M112" in parsed.command.upper():            # emergency parser: acts at once
+            self._log(text)
+            self._halt(out)
+        elif parsed.number is None:
+            if parsed.checksum_ok is not None:
+                out.append(f"Error:No Line Number with checksum, Last Line: {self.last_n}")
+            else:
+                if parsed.command.upper().startswith("M110"):
+                    self.last_n = _m110_number(parsed.command, self.last_n)
+                self._ring.append(_Queued(text, parsed.command, None))
+        else:
+            self._accept_numbered(text, parsed.number, parsed.command, parsed.checksum_ok, out)
+
+    def _accept_numbered(self, text: str, number: int, command: str, checksum_ok: bool | None,
+                         out: list[str]) -> None:
+        m110 = command.upper().startswith("M110")
+        if self._chance(self.config.corrupt_rate):
+            return self._line_error("checksum mismatch", out)
+        if number != self.last_n + 1 and not m110:
+            if self.last_n - 1 <= number <= self.last_n:
+                self._ring.append(_Queued(text, command, number, noop=True))
+                return None
+            return self._line_error("Line Number is not Last Line Number+1", out)
+        if checksum_ok is None:
+            return self._line_error("No Checksum with line number", out)
+        if not checksum_ok:
+            return self._line_error("checksum mismatch", out)
+        self.last_n = _m110_number(command, number) if m110 else number
+        self._ring.append(_Queued(text, command, number))
+        return None
+
+    def _line_error(self, message: str, out: list[str]) -> None:
+        """Marlin's gcode_line_error: report, drain the RX buffer, ask for the next line."""
+        out.append(f"Error:{message}, Last Line: {self.last_n}")
+        out.append(f"Resend: {self.last_n + 1}")
+        self._ok(out, self.last_n)
+        self._skip_partial = bool(self._rx) and not self._rx.endswith(b"\n")
+        self._rx.clear()
+
+    def _ok(self, out: list[str], number: int | None) -> None:
+        if self._chance(self.config.drop_ok_rate):
+            return
+        if self.config.advanced_ok:
+            free = self.config.bufsize - len(self._ring)
+            n = f"N{number} " if number is not None else ""
+            out.append(f"ok {n}P{PLANNER_FREE} B{free}")
+        else:
+            out.append("ok")
+
+    def _chance(self, rate: float) -> bool:
+        return rate > 0 and self._rng.random() < rate
+
+    def _halt(self, out: list[str]) -> None:
+        self.halted = True
+        self._ring.clear()
+        self._rx.clear()
+        self._wait = None
+        out.append("Error:Printer halted. kill() called!")
+
+    def _log(self, text: str) -> None:
+        self.executed += 1
+        if self._on_execute is not None:
+            self._on_execute(text)
+
+    # ------------------------------------------------------------ commands
+    def _execute(self, queued: _Queued, out: list[str]) -> None:
+        if queued.noop:
+            return self._ok(out, queued.number)
+        self._log(queued.raw)
+        code, params = _parse_command(queued.command)
+        handler = self._HANDLERS.get(code)
+        if handler is None:
+            out.append(f'echo:Unknown command: "{queued.command}"')
+            result = None
+        else:
+            result = handler(self, params, out)
+        if isinstance(result, _Wait):
+            result.number = queued.number
+            self._start_wait(result)
+        elif result is not SKIP_OK:
+            self._ok(out, queued.number)
+        return None
+
+    def _start_wait(self, wait: _Wait) -> None:
+        assert self._now is not None
+        self._wait = wait
+        self._next_busy = self._now + self.keepalive
+        self._next_wait_report = self._now + WAIT_REPORT
+
+    def _tick_wait(self, now: float, out: list[str]) -> None:
+        wait = self._wait
+        assert wait is not None
+        if wait.done():
+            self._wait = None
+            self._ok(out, wait.number)
+            self._service(out)
+            return
+        if wait.heating and now >= self._next_wait_report:
+            self._next_wait_report = now + WAIT_REPORT
+            out.append(self._temperature_line() + " W:?")
+        if self.keepalive > 0 and now >= self._next_busy:
+            self._next_busy = now + self.keepalive
+            out.append("echo:busy: processing")
+
+    def _temperature_line(self) -> str:
+        t, b = self.heaters["T"], self.heaters["B"]
+        return f"T:{t.actual:.2f} /{t.target:.2f} B:{b.actual:.2f} /{b.target:.2f} @:0 B@:0"
+
+    def _set_target(self, name: str, params: dict[str, float], wait: bool) -> _Wait | None:
+        heater = self.heaters[name]
+        cooling_too = "R" in params
+        heater.target = params.get("R", params.get("S", heater.target))
+        if not wait:
+            return None
+        target = heater.target
+        if cooling_too:
+            return _Wait(lambda: abs(heater.actual - target) <= TEMP_WINDOW, None, True)
+        return _Wait(lambda: heater.actual >= target - TEMP_WINDOW, None, True)
+
+    def _m104(self, params: dict[str, float], out: list[str]) -> object:
+        return self._set_target("T", params, wait=False)
+
+    def _m109(self, params: dict[str, float], out: list[str]) -> object:
+        return self._set_target("T", params, wait=True)
+
+    def _m140(self, params: dict[str, float], out: list[str]) -> object:
+        return self._set_target("B", params, wait=False)
+
+    def _m190(self, params: dict[str, float], out: list[str]) -> object:
+        return self._set_target("B", params, wait=True)
+
+    def _m105(self, params: dict[str, float], out: list[str]) -> object:
+        out.append("ok " + self._temperature_line())
+        return SKIP_OK
+
+    def _m155(self, params: dict[str, float], out: list[str]) -> object:
+        self._report_every = max(0.0, params.get("S", 0.0))
+        self._next_report = (self._now or 0.0) + self._report_every
+        return None
+
+    def _m114(self, params: dict[str, float], out: list[str]) -> object:
+        pos = self._motion.pos
+        out.append(f"X:{pos['X']:.2f} Y:{pos['Y']:.2f} Z:{pos['Z']:.2f} E:{pos['E']:.2f} "
+                   f"Count X:0 Y:0 Z:0")
+        return None
+
+    def _m115(self, params: dict[str, float], out: list[str]) -> object:
+        out.append("FIRMWARE_NAME:gotapi-3dp virtual Marlin PROTOCOL_VERSION:1.0 "
+                   "MACHINE_TYPE:Virtual EXTRUDER_COUNT:1")
+        out.append(f"Cap:ADVANCED_OK:{int(self.config.advanced_ok)}")
+        out.append("Cap:AUTOREPORT_TEMP:1")
+        out.append("Cap:EMERGENCY_PARSER:1")
+        return None
+
+    def _move(self, params: dict[str, float], out: list[str]) -> object:
+        motion = self._motion
+        motion.feedrate = params.get("F", motion.feedrate) or motion.feedrate
+        distance = 0.0
+        for axis in "XYZE":
+            if axis in params:
+                relative = motion.relative_e if axis == "E" else motion.relative
+                goal = motion.pos[axis] + params[axis] if relative else params[axis]
+                if axis != "E":
+                    distance += (goal - motion.pos[axis]) ** 2
+                motion.pos[axis] = goal
+        return self._delay(math.sqrt(distance) / (motion.feedrate / 60.0))
+
+    def _dwell(self, params: dict[str, float], out: list[str]) -> object:
+        return self._delay(params.get("S", params.get("P", 0.0) / 1000.0))
+
+    def _delay(self, seconds: float) -> _Wait | None:
+        if not self.config.motion or seconds <= 0 or self._now is None:
+            return None
+        end = self._now + seconds
+        return _Wait(lambda: (self._now or 0.0) >= end, None)
+
+    def _home(self, params: dict[str, float], out: list[str]) -> object:
+        axes = [a for a in "XYZ" if a in params] or list("XYZ")
+        for axis in axes:
+            self._motion.pos[axis] = 0.0
+        return None
+
+    def _set_position(self, params: dict[str, float], out: list[str]) -> object:
+        for axis in "XYZE":
+            if axis in params:
+                self._motion.pos[axis] = params[axis]
+        return None
+
+    def _g90(self, params: dict[str, float], out: list[str]) -> object:
+        self._motion.relative = self._motion.relative_e = False
+        return None
+
+    def _g91(self, params: dict[str, float], out: list[str]) -> object:
+        self._motion.relative = self._motion.relative_e = True
+        return None
+
+    def _m82(self, params: dict[str, float], out: list[str]) -> object:
+        self._motion.relative_e = False
+        return None
+
+    def _m83(self, params: dict[str, float], out: list[str]) -> object:
+        self._motion.relative_e = True
+        return None
+
+    def _accepted(self, params: dict[str, float], out: list[str]) -> object:
+        return None
+
+    _HANDLERS: dict[str, Callable[["VirtualFirmware", dict, list], object]] = {}
+
+
+VirtualFirmware._HANDLERS = {
+    "G0": VirtualFirmware._move, "G1": VirtualFirmware._move,
+    "G2": VirtualFirmware._move, "G3": VirtualFirmware._move,
+    "G4": VirtualFirmware._dwell, "G28": VirtualFirmware._home,
+    "G92": VirtualFirmware._set_position,
+    "G90": VirtualFirmware._g90, "G91": VirtualFirmware._g91,
+    "M82": VirtualFirmware._m82, "M83": VirtualFirmware._m83,
+    "M104": VirtualFirmware._m104, "M109": VirtualFirmware._m109,
+    "M140": VirtualFirmware._m140, "M190": VirtualFirmware._m190,
+    "M105": VirtualFirmware._m105,
+    "M114": VirtualFirmware._m114, "M115": VirtualFirmware._m115,
+    "M155": VirtualFirmware._m155,
+    **dict.fromkeys(("M110", "G21", "M17", "M18", "M84", "M106", "M107", "M400", "M73", "M117",
+                     "M201", "M203", "M204", "M205", "M220", "M221", "M900", "M113",
+                     "M300", "T0"), VirtualFirmware._accepted),
+}
+
+
+def _parse_command(command: str) -> tuple[str, dict[str, float]]:
+    """`G1 X10 F3000` -> ("G1", {"X": 10.0, "F": 3000.0}); G01 is G1."""
+    words = _WORD.findall(command.upper())
+    if not words:
+        return "", {}
+    (letter, number), rest = words[0], words[1:]
+    code = letter + (str(int(float(number))) if number else "")
+    return code, {k: float(v) for k, v in rest if v}
+
+
+def _m110_number(command: str, fallback: int) -> int:
+    """Marlin takes the N after `M110` as the new line number (when the line is read)."""
+    match = re.search(r"N\s*(\d+)", command[4:])
+    return int(match.group(1)) if match else fallback
+
+
+def _encode(lines: list[str]) -> bytes:
+    return "".join(line + "\n" for line in lines).encode("ascii", "replace")
+
+
+class _Pacer:
+    """A byte budget refilled at `rate` bytes/s (0 = unlimited)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.burst = max(1, rate // 50)
+        self.tokens = float(self.burst)
+        self.stamp = time.monotonic()
+
+    def allowance(self, now: float) -> int:
+        if self.rate <= 0:
+            return 1 << 16
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return int(self.tokens)
+
+    def spend(self, n: int) -> None:
+        if self.rate > 0:
+            self.tokens -= n
+
+
+class PtyFirmware:
+    """A `VirtualFirmware` on a pseudo-terminal, served by one daemon thread.
+
+    The thread owns the master side; the slave path is a serial port to pyserial. Opening it
+    (pyserial flushes its input on open) makes the board greet with `start`, as a reset would.
+    Every executed line goes to `log_path`, one a line, as received.
+    """
+
+    def __init__(self, config: FirmwareConfig, log_path: Path, keepalive: float = 2.0) -> None:
+        self.config = config
+        self.log_path = Path(log_path)
+        self.keepalive = keepalive
+        self._core: VirtualFirmware | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._fds: tuple[int, int] | None = None
+        self._log = None
+        self._packet_mode = False
+
+    def start(self) -> str:
+        """Open the pty and start serving; returns the slave path (e.g. /dev/pts/5)."""
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        try:
+            fcntl.ioctl(master, termios.TIOCPKT, struct.pack("i", 1))
+            self._packet_mode = True
+        except (AttributeError, OSError):
+            self._packet_mode = False
+        os.set_blocking(master, False)
+        self._fds = (master, slave)
+        self._log = open(self.log_path, "a", encoding="ascii", errors="replace", buffering=1)
+        self._core = VirtualFirmware(self.config, on_execute=self._write_log,
+                                     keepalive=self.keepalive)
+        self._thread = threading.Thread(target=self._run, name="firmware:pty", daemon=True)
+        self._thread.start()
+        return os.ttyname(slave)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._fds is not None:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    @property
+    def executed_count(self) -> int:
+        return self._core.executed if self._core is not None else 0
+
+    @property
+    def firmware(self) -> VirtualFirmware | None:
+        return self._core
+
+    def _write_log(self, line: str) -> None:
+        if self._log is not None:
+            self._log.write(line + "\n")
+
+    def _run(self) -> None:
+        assert self._fds is not None and self._core is not None
+        master = self._fds[0]
+        out = bytearray(b"" if self._packet_mode else self._core.greet())  # else on open
+        pace_in, pace_out = _Pacer(self.config.baud), _Pacer(self.config.baud)
+        while not self._stop.is_set():
+            now = time.monotonic()
+            can_read = pace_in.allowance(now) > 0
+            writers = [master] if out and pace_out.allowance(now) > 0 else []
+            readable, writable, _ = select.select([master] if can_read else [], writers, [], 0.01)
+            if readable:
+                out += self._read(master, pace_in)
+            out += self._core.tick(time.monotonic())
+            if writable and out:
+                self._write(master, out, pace_out)
+
+    def _read(self, master: int, pace: _Pacer) -> bytes:
+        assert self._core is not None
+        try:
+            data = os.read(master, min(4096, pace.allowance(time.monotonic()) + 1))
+        except (BlockingIOError, InterruptedError):
+            return b""
+        except OSError:
+            self._stop.set()
+            return b""
+        if self._packet_mode:
+            if not data:
+                return b""
+            if data[0] != 0:
+                return self._core.greet() if data[0] & 0x01 else b""   # TIOCPKT_FLUSHREAD
+            data = data[1:]
+        pace.spend(len(data))
+        return self._core.feed(data, time.monotonic())
+
+    def _write(self, master: int, out: bytearray, pace: _Pacer) -> None:
+        limit = pace.allowance(time.monotonic())
+        try:
+            written = os.write(master, bytes(out[:limit]))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._stop.set()
+            return
+        pace.spend(written)
+        del out[:written]

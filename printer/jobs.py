@@ -1,0 +1,186 @@
+"""Durable job records and the token replay cache, in SQLite (WAL, synchronous=FULL).
+
+Every state change goes through `transition`, which enforces `can_transition` inside one
+`BEGIN IMMEDIATE` transaction. On open, a job left active by a dead process becomes
+`interrupted`. The `seen_tokens` table remembers token ids (jti) across restarts.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from gotapi3dp.wire.errors import ErrorCode, P3DError
+from gotapi3dp.wire.jobs import JobState, JobView, can_transition
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    layer INTEGER NOT NULL DEFAULT 0,
+    layers INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    content_id TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    stats TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+CREATE TABLE IF NOT EXISTS seen_tokens (
+    jti BLOB PRIMARY KEY,
+    exp INTEGER NOT NULL,
+    seen_at REAL NOT NULL
+);
+"""
+_COLUMNS = "id, state, progress, layer, layers, error, content_id, created_at, updated_at, stats"
+_FIELDS = {"progress", "layer", "layers", "error", "content_id", "stats"}
+_JSON_FIELDS = {"error", "stats"}
+REPLAY_KEEP = 3600  # seconds past `exp` a jti is kept (expired tokens fail before the cache)
+
+
+@dataclass
+class JobRecord:
+    """A stored job: the shared view plus the printer-only stream statistics."""
+
+    view: JobView
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.view.id
+
+    @property
+    def state(self) -> JobState:
+        return JobState(self.view.state)
+
+    def to_map(self) -> dict[str, Any]:
+        m = self.view.to_map()
+        m["stats"] = dict(self.stats)
+        return m
+
+
+class JobStore:
+    """Jobs and seen token ids; safe to call from the HTTP threads and the runner thread."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+        self.interrupted_at_start = self._interrupt_active()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _interrupt_active(self) -> list[str]:
+        """Jobs the previous process left active become `interrupted`; returns their ids."""
+        states = [s.value for s in JobState if can_transition(s, JobState.INTERRUPTED)]
+        marks = ",".join("?" * len(states))
+        with self._tx() as db:
+            rows = db.execute(f"SELECT id FROM jobs WHERE state IN ({marks})", states)
+            ids = [r[0] for r in rows]
+            db.execute(f"UPDATE jobs SET state=?, updated_at=? WHERE state IN ({marks})",
+                       [JobState.INTERRUPTED.value, self._clock(), *states])
+        return ids
+
+    def create(self, job_id: str) -> tuple[JobRecord, bool]:
+        """Insert a `queued` job; returns (record, created). An existing id is returned as is."""
+        now = self._clock()
+        with self._tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO jobs (id, state, created_at, updated_at) "
+                             "VALUES (?, ?, ?, ?)", (job_id, JobState.QUEUED.value, now, now))
+            created = cur.rowcount == 1
+        return self.require(job_id), created
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return _record(row) if row else None
+
+    def require(self, job_id: str) -> JobRecord:
+        record = self.get(job_id)
+        if record is None:
+            raise P3DError(ErrorCode.JOB_NOT_FOUND, f"no job {job_id}")
+        return record
+
+    def list(self, limit: int = 100) -> list[JobRecord]:
+        """Newest first."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY created_at DESC, id "
+                                    "LIMIT ?", (limit,)).fetchall()
+        return [_record(r) for r in rows]
+
+    def transition(self, job_id: str, new_state: JobState, **fields: Any) -> JobRecord:
+        """Move a job to `new_state` (and set fields) if the state machine allows it."""
+        updates = _encode_fields(fields)
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise P3DError(ErrorCode.JOB_NOT_FOUND, f"no job {job_id}")
+            old = JobState(row[0])
+            if not can_transition(old, new_state):
+                raise P3DError(ErrorCode.JOB_STATE,
+                               f"job {job_id} cannot go from {old.value} to {new_state.value}")
+            updates.update(state=new_state.value, updated_at=self._clock())
+            _update(db, job_id, updates)
+        return self.require(job_id)
+
+    def update_progress(self, job_id: str, **fields: Any) -> None:
+        """Set progress/layer/layers/stats of a job without changing its state."""
+        updates = _encode_fields(fields)
+        updates["updated_at"] = self._clock()
+        with self._tx() as db:
+            _update(db, job_id, updates)
+
+    def remember_token(self, jti: bytes, exp: int) -> bool:
+        """Record a token id; False if it was seen before (a replay). Prunes old entries."""
+        now = self._clock()
+        with self._tx() as db:
+            db.execute("DELETE FROM seen_tokens WHERE exp < ?", (now - REPLAY_KEEP,))
+            cur = db.execute("INSERT OR IGNORE INTO seen_tokens (jti, exp, seen_at) "
+                             "VALUES (?, ?, ?)", (bytes(jti), int(exp), now))
+            return cur.rowcount == 1
+
+
+def _encode_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(fields) - _FIELDS
+    if unknown:
+        raise ValueError(f"unknown job fields: {sorted(unknown)}")
+    return {k: (json.dumps(v) if k in _JSON_FIELDS and v is not None else v)
+            for k, v in fields.items()}
+
+
+def _update(db: sqlite3.Connection, job_id: str, updates: dict[str, Any]) -> None:
+    # Column names come from _FIELDS (checked above) and our own keys, never from input.
+    sets = ", ".join(f"{k}=?" for k in updates)
+    db.execute(f"UPDATE jobs SET {sets} WHERE id=?", [*updates.values(), job_id])
+
+
+def _record(row: tuple[Any, ...]) -> JobRecord:
+    (job_id, state, progress, layer, layers, error, content_id,
+     created_at, updated_at, stats) = row
+    view = JobView(id=job_id, state=state, progress=round(float(progress), 2), layer=int(layer),
+                   layers=int(layers), error=json.loads(error) if error else None,
+                   content_id=content_id, created_at=created_at, updated_at=updated_at)
+    return JobRecord(view, json.loads(stats) if stats else {})

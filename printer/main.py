@@ -1,0 +1,206 @@
+"""Start-up wiring of the printer process: `build(config)` in a fixed order, then `serve`.
+
+Order: keys -> trust -> job store -> firmware (virtual, on a pty, unless a serial port is
+configured) -> serial link factory -> runner. Nothing starts at import: `serve` builds inside
+the Gunicorn worker, after fork. `Printer` is the assembled process the HTTP API talks to.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import requests
+
+from gotapi3dp.config import Config, FirmwareConfig, PrinterConfig, check_bind_host, load_config
+from gotapi3dp.serving import run_gunicorn
+from gotapi3dp.wire.errors import ErrorCode, P3DError
+from gotapi3dp.wire.ids import check_printer_id
+from gotapi3dp.wire.jobs import JobState
+from gotapi3dp.wire.token import job_id_for
+
+from .authenticate import open_token, redeem
+from .jobs import JobRecord, JobStore
+from .keys import PrinterKeys, load_or_create
+from .runner import MODEL_FORMATS, JobRunner, Work
+from .trust import TrustStore
+
+if TYPE_CHECKING:
+    from .firmware import PtyFirmware
+    from .serial_link import SerialLink
+    from .slicer import SliceResult
+
+log = logging.getLogger(__name__)
+
+_NO_TEMPERATURES = {"hotend": {"actual": None, "target": None},
+                    "bed": {"actual": None, "target": None}}
+
+
+@dataclass
+class Printer:
+    """The printer process: its identity, trust, jobs and the runner that prints them."""
+
+    config: PrinterConfig
+    data_dir: Path
+    keys: PrinterKeys
+    trust: TrustStore
+    jobs: JobStore
+    runner: JobRunner
+    http: requests.Session
+    serial_port: str
+    firmware: "PtyFirmware | None" = None
+    _accept_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def identity(self) -> dict[str, Any]:
+        bed = self.config.slicer
+        return {**self.keys.identity(), "bed": {"x": bed.bed_x, "y": bed.bed_y, "z": bed.bed_z},
+                "trusted": self.trust.get() is not None}
+
+    def accept(self, token: str, now: float | None = None) -> tuple[JobRecord, bool]:
+        """Steps 9-10: check and redeem `token`, then hand the job to the runner.
+
+        Returns (job, created). The same token returns its existing job. A busy printer
+        answers PRINTER_BUSY before the token is touched (it stays redeemable); a token that
+        fails leaves a `failed` job carrying the error, which is re-raised.
+        """
+        job_id = job_id_for(token)
+        with self._accept_lock:
+            existing = self.jobs.get(job_id)
+            if existing is not None:
+                return existing, False
+            self.runner.reserve(job_id)
+            try:
+                self.jobs.create(job_id)
+                work = self._authenticate(job_id, token, now)
+            except Exception as exc:
+                self.runner.release(job_id)
+                raise self._failed(job_id, exc) from None
+            self.runner.submit(work)
+            return self.jobs.require(job_id), True
+
+    def _authenticate(self, job_id: str, token: str, now: float | None) -> Work:
+        self.jobs.transition(job_id, JobState.AUTHENTICATING)
+        trust = self.trust.get()         # read once: POST /api/trust may replace it
+        signed, claims = open_token(token, self.keys, trust, self.jobs, now)
+        self.jobs.update_progress(job_id, content_id=claims.cid)
+        contents_url = trust.contents_url if trust is not None else ""  # open_token checked
+        redemption = redeem(contents_url, signed, self.keys, self.http,
+                            timeout=self.config.http_timeout)
+        fmt = redemption.content.get("format")
+        if fmt not in MODEL_FORMATS:
+            raise P3DError(ErrorCode.CONTENT_INVALID, f"unknown model format {fmt!r}")
+        size = redemption.content.get("bytes")
+        return Work(job_id, redemption.download_url, claims.chash,
+                    size if isinstance(size, int) and not isinstance(size, bool) else None, fmt)
+
+    def _failed(self, job_id: str, exc: Exception) -> P3DError:
+        if not isinstance(exc, P3DError):
+            log.exception("accepting job %s", job_id, exc_info=exc)
+            exc = P3DError(ErrorCode.UNKNOWN, f"internal error ({type(exc).__name__})")
+        try:
+            self.jobs.transition(job_id, JobState.FAILED, error=exc.to_http()["error"])
+        except P3DError as again:
+            log.warning("job %s not marked failed: %s", job_id, again)
+        return exc
+
+    def status(self) -> dict[str, Any]:
+        current = self.runner.current
+        record = self.jobs.get(current) if current else None
+        out: dict[str, Any] = {"state": record.state.value if record else "idle",
+                               "temperatures": self.runner.temperatures() or _NO_TEMPERATURES}
+        if record is not None:
+            out["jobId"] = record.id
+        return out
+
+    def close(self) -> None:
+        """Stop the runner (an active job becomes interrupted), the firmware, the store."""
+        self.runner.stop()
+        if self.firmware is not None:
+            self.firmware.stop()
+        self.http.close()
+        self.jobs.close()
+
+
+def build(config: Config) -> Printer:
+    """Assemble the printer process in a fixed order; starts the firmware and the runner."""
+    pc = config.printer
+    check_printer_id(pc.printer_id)
+    data_dir = config.dir_for("printer")
+    keys = load_or_create(data_dir, pc.printer_id, pc.name)
+    trust = TrustStore(data_dir / "trust.json")
+    jobs = JobStore(data_dir / "jobs.sqlite3")
+    if jobs.interrupted_at_start:
+        log.warning("jobs interrupted by the last shutdown: %s",
+                    ", ".join(jobs.interrupted_at_start))
+    firmware, port = _start_firmware(pc, data_dir)
+    http = requests.Session()
+    try:
+        runner = JobRunner(jobs, data_dir / "jobs", keys, pc.slicer,
+                           lambda: _make_link(pc, port), _slice_fn(), http,
+                           safe_state_first=bool(jobs.interrupted_at_start))
+        runner.start()
+    except BaseException:
+        if firmware is not None:
+            firmware.stop()
+        raise
+    log.info("printer %s (%s) ready; API key in %s", pc.printer_id, keys.fingerprint,
+             data_dir / "api.key")
+    return Printer(pc, data_dir, keys, trust, jobs, runner, http, port, firmware)
+
+
+def _start_firmware(pc: PrinterConfig, data_dir: Path) -> tuple["PtyFirmware | None", str]:
+    if pc.serial_port:
+        return None, pc.serial_port
+    firmware = _make_firmware(pc.firmware, data_dir / "firmware.log")
+    return firmware, firmware.start()
+
+
+# The three collaborators are imported when the printer is built, not when this module is
+# imported (trimesh and the pty are heavy); tests replace these functions.
+def _make_firmware(config: FirmwareConfig, log_path: Path) -> "PtyFirmware":
+    from .firmware import PtyFirmware
+    return PtyFirmware(config, log_path)
+
+
+def _make_link(pc: PrinterConfig, port: str) -> "SerialLink":
+    from .serial_link import SerialLink
+    return SerialLink(port, pc.baud, ok_timeout=pc.ok_timeout, max_resends=pc.max_resends)
+
+
+def _slice_fn() -> Callable[..., "SliceResult"]:
+    from .slicer import slice_file
+    return slice_file
+
+
+def serve(config: Config) -> None:
+    """Serve the printer HTTP API with Gunicorn until SIGINT/SIGTERM."""
+    pc = config.printer
+    check_bind_host(pc.host, pc.allow_non_loopback, "printer")
+    built: list[Printer] = []
+
+    def factory() -> Any:
+        from .app import create_app
+        built.append(build(config))
+        return create_app(built[0])
+
+    def on_exit() -> None:
+        for printer in built:
+            printer.close()
+
+    run_gunicorn(factory, pc.host, pc.port, threads=8, name="gotapi-3dp-printer", on_exit=on_exit)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="gotapi-3dp printer process")
+    parser.add_argument("--config", help="TOML configuration file")
+    parser.add_argument("--data-dir", help="data directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    serve(load_config(args.config, args.data_dir))
+
+
+if __name__ == "__main__":
+    main()

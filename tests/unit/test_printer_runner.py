@@ -1,0 +1,176 @@
+"""The job runner with a fake slicer and serial link: complete, cancel, pause, failures."""
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+import requests
+
+from gotapi3dp.config import SliceProfile
+from gotapi3dp.wire.errors import ErrorCode, P3DError
+from gotapi3dp.wire.jobs import JobState
+from printer.jobs import JobStore
+from printer.keys import load_or_create
+from printer.runner import END_SEQUENCE, JobRunner, Work
+
+from .test_printer_helpers import MODEL, FakeLink, FakeSlicer, commands_in, wait_for
+
+SHA = hashlib.sha256(MODEL).hexdigest()
+
+
+class Rig:
+    def __init__(self, tmp_path, link=None, slicer=None, download_error=None):
+        self.store = JobStore(tmp_path / "jobs.sqlite3")
+        self.keys = load_or_create(tmp_path / "keys", "printer-1", "P1")
+        self.link = link or FakeLink()
+        self.slicer = slicer or FakeSlicer()
+        self.download_error = download_error
+        self.work_dir = tmp_path / "work"
+        self.runner = JobRunner(self.store, self.work_dir, self.keys, SliceProfile(),
+                                lambda: self.link, self.slicer, requests.Session(),
+                                download_fn=self.download)
+        self.runner.start()
+
+    def download(self, url, dest, sha, size, keys, printer_id, http=None, cancel=None):
+        assert sha == SHA and size == len(MODEL) and printer_id == "printer-1"
+        if self.download_error:
+            raise self.download_error
+        dest.write_bytes(MODEL)
+        return dest
+
+    def submit(self, n=1):
+        job_id = f"{n:032x}"
+        self.runner.reserve(job_id)
+        self.store.create(job_id)
+        self.store.transition(job_id, JobState.AUTHENTICATING)
+        self.runner.submit(Work(job_id, "http://cs/api/download/x", SHA, len(MODEL), "stl"))
+        return job_id
+
+    def state(self, job_id):
+        return self.store.require(job_id).state
+
+    def wait_state(self, job_id, state, timeout=10):
+        wait_for(lambda: self.state(job_id) is state, timeout)
+        return self.store.require(job_id)
+
+    def close(self):
+        self.runner.stop()
+        self.store.close()
+
+
+@pytest.fixture
+def make(tmp_path):
+    rigs = []
+
+    def factory(**kw):
+        rigs.append(Rig(tmp_path, **kw))
+        return rigs[-1]
+    yield factory
+    for rig in rigs:
+        rig.close()
+
+
+def test_job_completes(make):
+    rig = make()
+    job_id = rig.submit()
+    record = rig.wait_state(job_id, JobState.COMPLETED)
+    m = record.to_map()
+    total = commands_in(rig.slicer)
+    assert m["progress"] == 100.0 and m["layers"] == 5 and m["layer"] == 5
+    assert m["stats"] == {"linesSent": total, "resends": 2, "checksumErrors": 1,
+                          "printSeconds": m["stats"]["printSeconds"]}
+    assert len(rig.link.streamed) == total and rig.link.streamed[0] == "M104 S210"
+    assert rig.slicer.models == [MODEL]
+    assert rig.link.commands == []                   # no end sequence after a normal finish
+    assert not (rig.work_dir / job_id).exists()      # no model or G-code left behind
+    assert rig.runner.current is None
+
+
+def test_cancel_mid_print_sends_the_end_sequence(make):
+    rig = make(link=FakeLink(delay=0.01), slicer=FakeSlicer(layers=5, per_layer=40))
+    job_id = rig.submit()
+    wait_for(lambda: len(rig.link.streamed) > 30)
+    record = rig.runner.cancel(job_id)
+    assert record.state is JobState.CANCELLED
+    assert rig.link.commands == list(END_SEQUENCE)
+    sent = len(rig.link.streamed)
+    assert 30 < sent < commands_in(rig.slicer)
+    assert record.stats["linesSent"] == sent
+    assert 0 < record.view.progress < 100
+    assert 1 <= record.view.layer < 5
+    with pytest.raises(P3DError) as err:
+        rig.runner.cancel(job_id)
+    assert err.value.code == ErrorCode.JOB_STATE
+    assert rig.runner.current is None
+
+
+def test_pause_and_resume(make):
+    rig = make(link=FakeLink(delay=0.005), slicer=FakeSlicer(layers=4, per_layer=40))
+    job_id = rig.submit()
+    wait_for(lambda: len(rig.link.streamed) > 10)
+    assert rig.runner.pause(job_id).state is JobState.PAUSED
+    with pytest.raises(P3DError):
+        rig.runner.pause(job_id)
+    held = len(rig.link.streamed)
+
+    time.sleep(0.15)
+    assert len(rig.link.streamed) <= held + 1
+    assert rig.runner.resume(job_id).state is JobState.PRINTING
+    rig.wait_state(job_id, JobState.COMPLETED)
+    assert len(rig.link.streamed) == commands_in(rig.slicer)
+
+
+def test_unprintable_model_fails_without_printing(make):
+    rig = make(slicer=FakeSlicer(error=P3DError(ErrorCode.MODEL_INVALID, "empty mesh")))
+    job_id = rig.submit()
+    record = rig.wait_state(job_id, JobState.FAILED)
+    assert record.view.error == {"code": 1305, "name": "MODEL_INVALID", "message": "empty mesh"}
+    assert rig.link.streamed == [] and rig.link.commands == []
+
+
+def test_slicer_crash_is_slice_failed(make):
+    rig = make(slicer=FakeSlicer(error=ZeroDivisionError()))
+    record = rig.wait_state(rig.submit(), JobState.FAILED)
+    assert record.view.error["name"] == "SLICE_FAILED"
+
+
+def test_hash_failure_never_reaches_the_slicer(make):
+    rig = make(download_error=P3DError(ErrorCode.CONTENT_HASH))
+    record = rig.wait_state(rig.submit(), JobState.FAILED)
+    assert record.view.error["code"] == ErrorCode.CONTENT_HASH
+    assert rig.slicer.models == []
+
+
+def test_serial_failure_fails_and_makes_safe(make):
+    link = FakeLink()
+    link.fail_after = 7
+    rig = make(link=link)
+    record = rig.wait_state(rig.submit(), JobState.FAILED)
+    assert record.view.error["name"] == "SERIAL_LINK"
+    assert record.stats["linesSent"] == 7
+    assert link.closed >= 1 and link.commands == list(END_SEQUENCE)
+
+
+def test_one_job_at_a_time(make):
+    rig = make(link=FakeLink(delay=0.01), slicer=FakeSlicer(layers=3, per_layer=40))
+    first = rig.submit(1)
+    with pytest.raises(P3DError) as err:
+        rig.runner.reserve(f"{2:032x}")
+    assert err.value.code == ErrorCode.PRINTER_BUSY
+    rig.runner.reserve(first)                       # the holder itself may re-reserve
+    rig.runner.cancel(first)
+    second = rig.submit(2)
+    rig.wait_state(second, JobState.COMPLETED, timeout=15)
+
+
+def test_stop_mid_print_leaves_it_interrupted(make):
+    rig = make(link=FakeLink(delay=0.01), slicer=FakeSlicer(layers=5, per_layer=40))
+    job_id = rig.submit()
+    wait_for(lambda: len(rig.link.streamed) > 10)
+    rig.runner.stop()
+    assert rig.state(job_id) is JobState.INTERRUPTED
+    assert rig.link.commands == list(END_SEQUENCE)
+    with pytest.raises(P3DError):
+        rig.runner.resume(job_id)
+    assert rig.runner.cancel(job_id).state is JobState.CANCELLED
