@@ -134,11 +134,15 @@ def _check_mesh(mesh: trimesh.Trimesh, profile: SliceProfile) -> None:
 
 
 def count_layers(height: float, profile: SliceProfile) -> int:
-    """Layers needed for a model `height` mm tall: the last layer's top is nearest the top."""
+    """Layers needed for a model `height` mm tall: every layer whose mid-plane cuts the model.
+
+    The last layer's top is then within half a layer of the model's top; a mid-plane that
+    falls exactly on the top face cuts nothing, so that layer is not counted.
+    """
     if height <= 0:
         return 0
     rest = (height - profile.first_layer_height) / profile.layer_height
-    return 1 + max(0, math.floor(rest + 0.5 - 1e-9))
+    return 1 + max(0, math.ceil(rest + 0.5 - 1e-6) - 1)
 
 
 def layer_tops(count: int, profile: SliceProfile) -> np.ndarray:
