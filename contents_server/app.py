@@ -58,7 +58,7 @@ def _error_response(err: P3DError, status: int) -> Response:
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(P3DError)
     def on_p3d_error(err: P3DError) -> Response:
-        return _error_response(err, getattr(err, "status", None) or http_status(err.code))
+        return _error_response(err, http_status(err.code))
 
     @app.errorhandler(HTTPException)
     def on_http_error(exc: HTTPException) -> Response:

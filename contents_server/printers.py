@@ -15,12 +15,6 @@ from .db import Database
 MAX_NAME_CHARS = 100
 
 
-class PrinterConflict(P3DError):
-    """The printer id is taken by another account: 409, which no shared ErrorCode maps to."""
-
-    status = 409
-
-
 @dataclass(frozen=True)
 class Printer:
     id: str
@@ -75,7 +69,7 @@ def register(db: Database, owner: str, reg: Registration, now: float) -> bool:
     with db.tx() as conn:
         row = conn.execute("SELECT owner FROM printers WHERE id = ?", (reg.printer_id,)).fetchone()
         if row is not None and row["owner"] != owner:
-            raise PrinterConflict(ErrorCode.PRINTER_NOT_REGISTERED,
+            raise P3DError(ErrorCode.PRINTER_CONFLICT,
                                   "this printer id is registered to another account")
         if row is None:
             conn.execute("INSERT INTO printers (id, owner, name, sign_key, box_key, created) "

@@ -66,7 +66,7 @@ def test_printer_of_another_account_is_409(env, printer):
     other = env.new_account("mallory")
     thief = PrinterSim(printer.printer_id)
     r = env.client.post("/api/printers", headers=env.headers(other), json=thief.registration())
-    assert r.status_code == 409
+    assert r.status_code == 409 and name_of(r) == "PRINTER_CONFLICT"
 
 
 @pytest.mark.parametrize("patch", [{"signKey": "AAAA"}, {"boxKey": p3t.b64e(bytes(32))},
