@@ -16,7 +16,7 @@ from gotapi3dp.wire.ids import new_id
 
 from . import audit
 from .db import DB_FILE, Database
-from .fsutil import replace_file
+from gotapi3dp.fsutil import replace_file
 
 DEMO_ACCOUNT = "demo"
 DEMO_KEY_FILE = "demo.key"

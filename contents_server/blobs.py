@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from .fsutil import fsync_dir, replace_file
+from gotapi3dp.fsutil import fsync_dir, replace_file
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 

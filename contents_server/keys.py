@@ -9,7 +9,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from gotapi3dp.wire.token import b64e, key_id
 
-from .fsutil import create_file
+from gotapi3dp.fsutil import create_file
 
 KEY_FILE = "signing.key"
 

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ import requests
 
 from .client import GotapiClient, GotapiError
 from .config import Config
+from .fsutil import replace_file
 from .http_json import call
 from .pairing import pair_printer
 from .sample import sample_path
@@ -137,7 +137,7 @@ class Supervisor:
                       printer=self._printer_url, contentsKey=contents_key,
                       sampleContentId=sample_id, serviceId=service_id,
                       dataDir=str(self.config.data_dir), pid=os.getpid())
-        _write_private_json(self.config.data_dir / "up.json", asdict(info))
+        replace_file(self.config.data_dir / "up.json", json.dumps(asdict(info), indent=1).encode(), 0o600)
         return info
 
     @property
@@ -243,16 +243,6 @@ class Supervisor:
                 up_json.unlink()
         except (OSError, ValueError):
             pass
-
-
-def _write_private_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".up-")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def read_up_json(config: Config) -> dict[str, Any]:

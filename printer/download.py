@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
+from gotapi3dp.fsutil import fsync_dir
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.token import b64e, download_message
 
@@ -82,7 +83,7 @@ def download(url: str, dest: Path, expected_sha256: str, expected_size: int | No
         raise P3DError(ErrorCode.DOWNLOAD_FAILED, f"download failed after {retries + 1} attempts")
     _verify(part, expected_sha256)
     os.replace(part, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return dest
 
 
@@ -177,11 +178,3 @@ def _discard(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

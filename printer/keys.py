@@ -17,6 +17,7 @@ from typing import Any
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
+from gotapi3dp.fsutil import read_or_create
 from gotapi3dp.wire.token import b64e, fingerprint
 
 KEY_BYTES = 32
@@ -60,9 +61,9 @@ def load_or_create(data_dir: Path, printer_id: str, name: str) -> PrinterKeys:
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(data_dir, 0o700)
-    sign_seed = _secret(data_dir / "sign.key", lambda: bytes(SigningKey.generate()))
-    box_raw = _secret(data_dir / "box.key", lambda: bytes(PrivateKey.generate()))
-    api_key = _secret(data_dir / "api.key",
+    sign_seed = read_or_create(data_dir / "sign.key", lambda: bytes(SigningKey.generate()))
+    box_raw = read_or_create(data_dir / "box.key", lambda: bytes(PrivateKey.generate()))
+    api_key = read_or_create(data_dir / "api.key",
                       lambda: secrets.token_urlsafe(API_KEY_BYTES).encode("ascii"))
     if len(sign_seed) != KEY_BYTES or len(box_raw) != KEY_BYTES:
         raise ValueError(f"corrupt key file in {data_dir} (expected {KEY_BYTES} bytes)")
@@ -70,30 +71,3 @@ def load_or_create(data_dir: Path, printer_id: str, name: str) -> PrinterKeys:
     if not text:
         raise ValueError(f"empty API key in {data_dir / 'api.key'}")
     return PrinterKeys(printer_id, name, SigningKey(sign_seed), PrivateKey(box_raw), text)
-
-
-def _secret(path: Path, make: Any) -> bytes:
-    """Contents of a private file, written once (0600, O_EXCL, fsync) if it does not exist."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        pass
-    data: bytes = make()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:       # another process made it meanwhile: use theirs
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    _fsync_dir(path.parent)
-    return data
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

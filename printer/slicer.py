@@ -23,6 +23,7 @@ import trimesh
 
 from gotapi3dp import __version__
 from gotapi3dp.config import SliceProfile
+from gotapi3dp.fsutil import fsync_dir
 from gotapi3dp.threemf import ModelError, read_3mf
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 
@@ -410,17 +411,4 @@ def _write_atomic(out: Path, top: list[str], body: IO[str], tail: list[str]) -> 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(out.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(out.parent)

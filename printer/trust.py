@@ -7,7 +7,6 @@ trust file.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from urllib.parse import urlsplit
 
 from nacl.signing import VerifyKey
 
+from gotapi3dp.fsutil import replace_file
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.token import b64d, b64e, key_id
 
@@ -83,7 +83,7 @@ class TrustStore:
 
     def set(self, trust: Trust) -> None:
         with self._lock:
-            _write_atomic(self._path, json.dumps(trust.to_map(), indent=2).encode())
+            replace_file(self._path, json.dumps(trust.to_map(), indent=2).encode())
             self._trust = trust
 
     def _load(self) -> Trust | None:
@@ -97,18 +97,3 @@ class TrustStore:
             return trust_from_map(data)
         except P3DError as exc:
             raise ValueError(f"invalid trust file {self._path}: {exc.message}") from None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 from gotapi3dp.config import Config, PrinterEntry
+from gotapi3dp.fsutil import replace_file
 
 PAIRED_FILE = "printers.json"
 
@@ -31,10 +30,4 @@ def save_paired(config: Config, entry: PrinterEntry) -> None:
     path = paired_path(config)
     entries = json.loads(path.read_text()) if path.exists() else []
     entries = [e for e in entries if e["service_id"] != entry.service_id] + [asdict(entry)]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".printers-")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(entries, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(entries, indent=1).encode(), 0o600)

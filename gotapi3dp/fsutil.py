@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Callable
 
 
 def _write_temp(directory: Path, data: bytes, mode: int) -> Path:
@@ -51,3 +52,12 @@ def create_file(path: Path, data: bytes, mode: int = 0o600) -> bool:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
     return True
+
+
+def read_or_create(path: Path, make: Callable[[], bytes], mode: int = 0o600) -> bytes:
+    """Contents of a private file, created complete (never half-written) on first use."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        create_file(path, make(), mode)   # loses a race gracefully: then read the winner's
+        return path.read_bytes()
