@@ -22,8 +22,9 @@ def health() -> dict[str, Any]:
 
 @bp.get("/keys")
 def keys() -> dict[str, Any]:
+    """{current, next} keys, signed by the current one (printers follow a rotation)."""
     svc = current()
-    return {"issuer": svc.config.issuer, "keys": svc.keys.public_list()}
+    return svc.keys.snapshot().published(svc.config.issuer)
 
 
 @bp.post("/contents")

@@ -19,8 +19,7 @@ def register() -> tuple[dict[str, Any], int]:
     svc = current()
     reg = printers.Registration.from_json(json_body())
     created = printers.register(svc.db, account.id, reg, svc.clock())
-    body = {"printerId": reg.printer_id, "issuer": svc.config.issuer,
-            "keys": svc.keys.public_list()}
+    body = {"printerId": reg.printer_id, **svc.keys.snapshot().published(svc.config.issuer)}
     return body, 201 if created else 200
 
 

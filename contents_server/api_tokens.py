@@ -5,6 +5,8 @@ from typing import Any
 
 from flask import Blueprint
 
+from gotapi3dp.wire.errors import P3DError
+
 from . import tokens
 from .services import current
 from .webutil import json_body, require_account
@@ -32,5 +34,10 @@ def challenge() -> dict[str, Any]:
 def redeem() -> dict[str, Any]:
     """No API key: the printer proves itself with its signing key (see tokens.redeem)."""
     svc = current()
-    req = tokens.RedeemRequest.from_json(json_body())
-    return tokens.redeem(svc.db, svc.keys, svc.config, req, svc.clock())
+    body = json_body()
+    try:
+        req = tokens.RedeemRequest.from_json(body)
+        return tokens.redeem(svc.db, svc.keys, svc.config, req, svc.clock())
+    except P3DError as err:
+        tokens.record_refusal(svc.db, body.get("printerId"), err, svc.clock())
+        raise

@@ -12,7 +12,8 @@ from werkzeug.exceptions import HTTPException
 from gotapi3dp.config import ContentsConfig
 from gotapi3dp.wire.errors import ErrorCode, P3DError, http_status
 
-from . import accounts, api_contents, api_downloads, api_printers, api_tokens, keys
+from . import (accounts, api_contents, api_downloads, api_pairing, api_printers, api_thumbnails,
+               api_tokens, keys)
 from .blobs import BlobStore
 from .db import DB_FILE, Database
 from .services import Services, install
@@ -43,7 +44,8 @@ def create_app(config: ContentsConfig, data_dir: Path,
     app.config.update(MAX_CONTENT_LENGTH=config.max_upload_bytes + MULTIPART_OVERHEAD,
                       MAX_FORM_PARTS=16, MAX_FORM_MEMORY_SIZE=1 << 20)
     install(app, services)
-    for module in (api_contents, api_printers, api_tokens, api_downloads):
+    for module in (api_contents, api_printers, api_pairing, api_tokens, api_downloads,
+                   api_thumbnails):
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
     return app

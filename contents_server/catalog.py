@@ -29,18 +29,25 @@ class Content:
     format: str
     bytes: int
     sha256: str
-    prints: int
+    prints: int         # print allowance; 0 = no limit
     created: int
+    prints_used: int = 0
+
+    @property
+    def remaining(self) -> int | None:
+        """Prints left on the licence, None when unlimited."""
+        return None if self.prints <= 0 else max(0, self.prints - self.prints_used)
 
     def to_map(self) -> dict[str, Any]:
         """The content object of docs/API.md (no owner: the caller is the owner)."""
         return {"id": self.id, "name": self.name, "format": self.format, "bytes": self.bytes,
-                "sha256": self.sha256, "prints": self.prints, "createdAt": self.created}
+                "sha256": self.sha256, "prints": self.prints or None,
+                "remaining": self.remaining, "createdAt": self.created}
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Content":
         return cls(row["id"], row["owner"], row["name"], row["format"], row["bytes"],
-                   row["sha256"], row["prints"], row["created"])
+                   row["sha256"], row["prints"], row["created"], row["prints_used"])
 
 
 def clean_name(name: str | None, fallback: str) -> str:
@@ -51,8 +58,9 @@ def clean_name(name: str | None, fallback: str) -> str:
 
 
 def parse_prints(value: str | None) -> int:
+    """The print allowance of an upload: absent means no limit (0)."""
     if value is None or value == "":
-        return 1
+        return 0
     if not value.isdigit() or not 1 <= int(value) <= MAX_PRINTS:
         raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER,
                        f"prints must be a whole number from 1 to {MAX_PRINTS}")

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS contents (
     format  TEXT NOT NULL CHECK (format IN ('stl', 'obj', '3mf')),
     bytes   INTEGER NOT NULL,
     sha256  TEXT NOT NULL,
-    prints  INTEGER NOT NULL DEFAULT 1,
+    prints  INTEGER NOT NULL DEFAULT 0,          -- print allowance, 0 = no limit
+    prints_used INTEGER NOT NULL DEFAULT 0 CHECK (prints = 0 OR prints_used <= prints),
     created INTEGER NOT NULL,
     UNIQUE (owner, sha256)
 );
@@ -50,7 +51,9 @@ CREATE TABLE IF NOT EXISTS tokens (
     state       TEXT NOT NULL CHECK (state IN ('ISSUED', 'REDEEMED')),
     issued_at   INTEGER NOT NULL,
     expires_at  INTEGER NOT NULL,
-    redeemed_at INTEGER
+    redeemed_at INTEGER,
+    redeem_key  BLOB UNIQUE,     -- SHA-256 of the winning redeem request (idempotent retry)
+    answer      TEXT             -- the JSON answer given to it
 );
 CREATE TABLE IF NOT EXISTS nonces (
     nonce      BLOB PRIMARY KEY,
@@ -64,6 +67,22 @@ CREATE TABLE IF NOT EXISTS downloads (
     printer_id TEXT NOT NULL REFERENCES printers(id) ON DELETE CASCADE,
     content_id TEXT NOT NULL REFERENCES contents(id) ON DELETE CASCADE,
     expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pairings (
+    device_hash BLOB PRIMARY KEY,     -- SHA-256 of the printer's secret polling code
+    user_hash   BLOB NOT NULL UNIQUE, -- SHA-256 of the short code the user confirms
+    printer_id  TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    sign_key    BLOB NOT NULL,
+    box_key     BLOB NOT NULL,
+    expires_at  REAL NOT NULL,
+    approved_by TEXT,                 -- account id once confirmed
+    last_poll   REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS pairing_failures (
+    id      INTEGER PRIMARY KEY,
+    ts      REAL NOT NULL,
+    account TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
     id      INTEGER PRIMARY KEY,
@@ -140,8 +159,21 @@ class Database:
         self._local = threading.local()
 
 
+# Columns added after the first release: (table, column, definition) for older databases.
+_ADDED_COLUMNS = (
+    ("contents", "prints_used", "INTEGER NOT NULL DEFAULT 0"),
+    ("tokens", "redeem_key", "BLOB"),
+    ("tokens", "answer", "TEXT"),
+)
+
+
 def _create_schema(conn: sqlite3.Connection) -> None:
     """Run the schema one statement at a time (executescript would COMMIT our transaction)."""
     for statement in SCHEMA.split(";"):
         if statement.strip():
             conn.execute(statement)
+    for table, column, definition in _ADDED_COLUMNS:
+        names = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in names:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS tokens_redeem_key ON tokens (redeem_key)")

@@ -67,31 +67,41 @@ def register(db: Database, owner: str, reg: Registration, now: float) -> bool:
     conflict (409): pairing must never silently move a printer between accounts.
     """
     with db.tx() as conn:
-        row = conn.execute("SELECT owner FROM printers WHERE id = ?", (reg.printer_id,)).fetchone()
-        if row is not None and row["owner"] != owner:
-            raise P3DError(ErrorCode.PRINTER_CONFLICT,
-                                  "this printer id is registered to another account")
-        if row is None:
-            conn.execute("INSERT INTO printers (id, owner, name, sign_key, box_key, created) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                         (reg.printer_id, owner, reg.name, reg.sign_key, reg.box_key, int(now)))
-        else:
-            conn.execute("UPDATE printers SET name = ?, sign_key = ?, box_key = ? WHERE id = ?",
-                         (reg.name, reg.sign_key, reg.box_key, reg.printer_id))
-        audit.record(conn, now, "printer:registered" if row is None else "printer:rekeyed",
-                     account=owner, printer=reg.printer_id)
+        return register_in(conn, owner, reg, now)
+
+
+def register_in(conn: sqlite3.Connection, owner: str, reg: Registration, now: float) -> bool:
+    """`register` inside the caller's transaction (pairing by code uses it)."""
+    row = conn.execute("SELECT owner FROM printers WHERE id = ?", (reg.printer_id,)).fetchone()
+    if row is not None and row["owner"] != owner:
+        raise P3DError(ErrorCode.PRINTER_CONFLICT,
+                       "this printer id is registered to another account")
+    if row is None:
+        conn.execute("INSERT INTO printers (id, owner, name, sign_key, box_key, created) "
+                     "VALUES (?, ?, ?, ?, ?, ?)",
+                     (reg.printer_id, owner, reg.name, reg.sign_key, reg.box_key, int(now)))
+    else:
+        conn.execute("UPDATE printers SET name = ?, sign_key = ?, box_key = ? WHERE id = ?",
+                     (reg.name, reg.sign_key, reg.box_key, reg.printer_id))
+    audit.record(conn, now, "printer:registered" if row is None else "printer:rekeyed",
+                 account=owner, printer=reg.printer_id)
     return row is None
 
 
 def unregister(db: Database, owner: str, printer_id: str, now: float) -> None:
-    """Unpair: its nonces and download capabilities go with it (ON DELETE CASCADE)."""
+    """Unpair: its keys go, and with them its nonces and download capabilities (ON DELETE
+    CASCADE) and every token still outstanding for it, so none of those can be redeemed,
+    not even after the same printer is paired again."""
     check_printer_id(printer_id)
     with db.tx() as conn:
         cur = conn.execute("DELETE FROM printers WHERE id = ? AND owner = ?", (printer_id, owner))
         if cur.rowcount != 1:
             raise P3DError(ErrorCode.PRINTER_NOT_REGISTERED,
                            f"printer {printer_id} is not registered to this account")
-        audit.record(conn, now, "printer:unregistered", account=owner, printer=printer_id)
+        gone = conn.execute("DELETE FROM tokens WHERE printer_id = ? AND state = 'ISSUED'",
+                            (printer_id,)).rowcount
+        audit.record(conn, now, "printer:unregistered", account=owner, printer=printer_id,
+                     detail=f"tokens revoked={gone}")
 
 
 def find(db: Database, printer_id: str) -> Printer | None:

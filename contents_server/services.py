@@ -11,7 +11,7 @@ from gotapi3dp.config import ContentsConfig
 
 from .blobs import BlobStore
 from .db import Database
-from .keys import ServerKeys
+from .keys import KeyRing
 
 EXTENSION = "contents_server"
 
@@ -22,7 +22,7 @@ class Services:
     data_dir: Path
     db: Database
     blobs: BlobStore
-    keys: ServerKeys
+    keys: KeyRing                   # take one snapshot() per request
     clock: Callable[[], float]      # time.time in production; tests pass a settable clock
 
 

@@ -66,30 +66,36 @@ def cmd_bus_tap(args: argparse.Namespace, config: Config) -> int:
     if not args.json:
         print(f"tapping {endpoint} (Ctrl-C to stop)", file=sys.stderr)
     try:
-        tap(endpoint, args.json, sys.stdout, limit=args.count)
+        tap(endpoint, args.json, sys.stdout, limit=args.count, profile=args.profile,
+            service=args.service)
     except KeyboardInterrupt:
         pass
     return EXIT_OK
 
 
 def cmd_slice(args: argparse.Namespace, config: Config) -> int:
-    from rich.progress import Progress
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from printer import preview
+    from printer.profile import load_profile
     from printer.slicer import slice_file
-    profile = config.printer.slicer
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        if not hasattr(profile, key) or not value:
-            raise ConfigError(f"--set {item}: expected KEY=VALUE with KEY one of the slicer settings")
-        setattr(profile, key, type(getattr(profile, key))(value))
+    profile = load_profile(args.profile, args.set or [], base=config.printer.slicer)
+    wanted = preview.parse_layers(args.layers) if args.preview else None
     t0 = time.monotonic()
-    with Progress(transient=True) as progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("layers"), TimeElapsedColumn())
+    # auto_refresh=False: no refresh thread, so the slicer may fork its workers safely
+    with Progress(*columns, transient=True, auto_refresh=False) as progress:
         task = progress.add_task(f"slicing {Path(args.model).name}", total=None)
         result = slice_file(Path(args.model), Path(args.output), profile,
-                            progress=lambda done, total: progress.update(task, completed=done, total=total))
+                            progress=lambda done, total: progress.update(
+                                task, completed=done, total=total, refresh=True))
     print(f"{args.output}: {result.layers} layers, {result.lines} lines, "
-          f"{result.filament_mm / 1000:.2f} m filament, about {result.estimated_seconds / 60:.0f} min "
-          f"(sliced in {time.monotonic() - t0:.1f} s)")
+          f"{result.filament_mm / 1000:.2f} m ({result.filament_g:.1f} g) filament, "
+          f"about {result.estimated_seconds / 60:.0f} min (sliced in {time.monotonic() - t0:.1f} s)")
+    if args.preview:
+        for path in preview.write_previews(Path(args.output), Path(args.preview), wanted, profile):
+            print(f"preview: {path}")
     return EXIT_OK
 
 
@@ -121,6 +127,7 @@ def cmd_contents_account(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_pair(args: argparse.Namespace, config: Config) -> int:
+    """Pair by code in one go: the caller holds both the printer's and the account's key."""
     from plugin_host.printer3d.printers import save_paired
 
     from .pairing import pair_printer
@@ -129,6 +136,91 @@ def cmd_pair(args: argparse.Namespace, config: Config) -> int:
     save_paired(config, entry)
     print(f"paired printer {entry.printer_id} as service {entry.service_id}; "
           f"restart the plug-in host to serve it")
+    return EXIT_OK
+
+
+def _printer_args(args: argparse.Namespace, config: Config) -> tuple[str, str]:
+    url = args.printer_url or f"http://{config.printer.host}:{config.printer.port}"
+    key = args.printer_key or (config.data_dir / "printer" / "api.key").read_text().strip()
+    return url, key
+
+
+def cmd_printer_pair(args: argparse.Namespace, config: Config) -> int:
+    """Show a pairing code and the keys' fingerprint; wait for the user to confirm it."""
+    import requests
+
+    from plugin_host.printer3d.printers import save_paired
+
+    from . import pairing
+    from .config import PrinterEntry
+    url, key = _printer_args(args, config)
+    http = requests.Session()
+    shown = pairing.start(http, url, key, args.contents_url or config.contents.url)
+    print(f"Pairing code:  {shown['userCode']}\nFingerprint:   {shown['fingerprint']}\n"
+          f"Confirm it at the contents server within {int(shown['expiresAt'] - time.time())} s:\n"
+          f"  gotapi-3dp contents confirm {shown['userCode']} --fingerprint {shown['fingerprint']}",
+          flush=True)
+    approved = pairing.wait_approved(http, url, key, float(shown["expiresAt"]))
+    save_paired(config, PrinterEntry(service_id=args.service_id, name=args.name or shown["printerId"],
+                                     url=url, api_key=key, printer_id=shown["printerId"]))
+    print(f"paired: printer {shown['printerId']} pinned {approved['issuer']} keys "
+          f"{', '.join(approved['keys'])}; restart the plug-in host to serve it")
+    return EXIT_OK
+
+
+def cmd_printer_keys(args: argparse.Namespace, config: Config) -> int:
+    """Make the printer follow a key rotation of the contents server it is paired with."""
+    import requests
+
+    from .http_json import call
+    from .wire.errors import ErrorCode
+    url, key = _printer_args(args, config)
+    answer = call(requests.Session(), "POST", f"{url}/api/pairing/keys", headers={"X-Api-Key": key},
+                  unavailable=ErrorCode.PRINTER_UNAVAILABLE)
+    print(f"pinned {answer['issuer']} keys {', '.join(answer['keys'])}")
+    return EXIT_OK
+
+
+def cmd_contents_confirm(args: argparse.Namespace, config: Config) -> int:
+    import requests
+
+    from .pairing import confirm
+    answer = confirm(requests.Session(), args.url or config.contents.url, args.key or _demo_key(config),
+                     args.code, args.fingerprint)
+    print(f"paired printer {answer['printerId']} ({answer['name']}), fingerprint {answer['fingerprint']}")
+    return EXIT_OK
+
+
+def cmd_contents_unpair(args: argparse.Namespace, config: Config) -> int:
+    import requests
+
+    from .http_json import call
+    from .wire.errors import ErrorCode
+    url = (args.url or config.contents.url).rstrip("/")
+    call(requests.Session(), "DELETE", f"{url}/api/printers/{args.printer_id}",
+         headers={"X-Api-Key": args.key or _demo_key(config)}, unavailable=ErrorCode.CONTENTS_UNAVAILABLE)
+    print(f"unpaired printer {args.printer_id}: its keys and outstanding tokens are gone")
+    return EXIT_OK
+
+
+def cmd_contents_audit(args: argparse.Namespace, config: Config) -> int:
+    from contents_server.audit import parse_since, query_data_dir
+    events = query_data_dir(config.dir_for("contents"), parse_since(args.since, time.time()), args.limit)
+    for e in events:
+        if args.json:
+            print(json.dumps(e))
+        else:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["ts"]))
+            who = " ".join(f"{k}={e[k]}" for k in ("account", "printer", "content") if e[k])
+            print(f"{when}  {e['event']:<22} {who} {e['detail'] or ''}".rstrip())
+    return EXIT_OK
+
+
+def cmd_contents_rotate_key(args: argparse.Namespace, config: Config) -> int:
+    from contents_server.keys import rotate
+    old, new = rotate(config.dir_for("contents"))
+    print(f"signing key rotated: {old} retired (verifies tokens until they expire), {new} current; "
+          f"paired printers follow with `gotapi-3dp printer keys`")
     return EXIT_OK
 
 
@@ -152,7 +244,32 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _app_command(name: str) -> Callable[[argparse.Namespace, Config], int]:
+    """A command of the CLI app (`app_cli.py`), imported when it runs."""
+    def run(args: argparse.Namespace, config: Config) -> int:
+        from . import app_cli
+        return int(getattr(app_cli, name)(args, config))
+    return run
+
+
 # -- parser ---------------------------------------------------------------------------------
+def cmd_job_resume(args: argparse.Namespace, config: Config) -> int:
+    """Resume a paused or interrupted job through the printer API (key from the data dir)."""
+    import requests
+    url, key = _printer_args(args, config)
+    answer = requests.put(f"{url}/api/jobs/{args.job_id}/resume", headers={"X-Api-Key": key},
+                          timeout=30)
+    body = answer.json()
+    if "error" in body:
+        error = body["error"]
+        print(f"error {error.get('code')} {error.get('name')}: {error.get('message')}",
+              file=sys.stderr)
+        return EXIT_FAIL
+    job = body["job"]
+    print(f"job {job['id']} {job['state']} (layer {job['layer']}/{job['layers']})")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gotapi-3dp", description=(
         "Authenticated 3D printing over OMA GotAPI: a GotAPI server, a ZeroMQ intent bus, a 3D "
@@ -177,12 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.add_argument("--endpoint", help="tap endpoint (default: gotapi.tap_endpoint)")
     p.add_argument("--count", type=int, help="stop after this many frames")
+    p.add_argument("--profile", help="only Intents of this profile")
+    p.add_argument("--service", help="only Intents of this serviceId (local or public)")
     p.set_defaults(func=cmd_bus_tap)
 
     p = sub.add_parser("slice", help="slice a model (STL, OBJ, 3MF) to G-code")
     p.add_argument("model")
     p.add_argument("-o", "--output", required=True, help="G-code file to write")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a slicer setting")
+    p.add_argument("--profile", metavar="FILE", help="slicer profile (TOML; docs/SLICER.md)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a slicer setting (repeatable), e.g. --set infill_density=0.3")
+    p.add_argument("--preview", metavar="DIR", help="write an SVG of chosen layers' toolpaths here")
+    p.add_argument("--layers", metavar="N,N,...",
+                   help="layers to preview (default: first, middle, last; -1 is the last)")
     p.set_defaults(func=cmd_slice)
 
     contents = sub.add_parser("contents", help="contents server tools").add_subparsers(
@@ -197,8 +321,55 @@ def build_parser() -> argparse.ArgumentParser:
     p = contents.add_parser("account", help="create an account in the local contents server's data dir; prints its API key")
     p.add_argument("name")
     p.set_defaults(func=cmd_contents_account)
+    p = contents.add_parser("list", help="the contents your account may print (from <data-dir>/up.json)")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(func=_app_command("cmd_contents_list"))
 
-    p = sub.add_parser("pair", help="pair a printer with the contents server and the plug-in host by hand")
+    p = sub.add_parser("print", help="print a content (id) or a model file on a running stack, with live progress")
+    p.add_argument("target", metavar="CONTENT_ID_OR_FILE", help="a content id, or a model file to add first")
+    p.add_argument("--printer", metavar="SERVICE_ID", help="default: the first printer online")
+    p.set_defaults(func=_app_command("cmd_print"))
+    p = sub.add_parser("printers", help="the printers GotAPI discovers, online or not")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(func=_app_command("cmd_printers"))
+    p = sub.add_parser("jobs", help="the printer's jobs (operator view, printer key from the data dir)")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(func=_app_command("cmd_jobs"))
+
+    p = contents.add_parser("confirm", help="confirm a printer's pairing code for your account")
+    p.add_argument("code", help="the code the printer shows, e.g. BCDF-GHJK")
+    p.add_argument("--fingerprint", help="the fingerprint the printer shows (checked if given)")
+    p.add_argument("--url", help="contents server (default: contents.host/port)")
+    p.add_argument("--key", help="account API key (default: the demo account's)")
+    p.set_defaults(func=cmd_contents_confirm)
+    p = contents.add_parser("unpair", help="unpair a printer: its keys and outstanding tokens are deleted")
+    p.add_argument("printer_id")
+    p.add_argument("--url", help="contents server (default: contents.host/port)")
+    p.add_argument("--key", help="account API key (default: the demo account's)")
+    p.set_defaults(func=cmd_contents_unpair)
+    p = contents.add_parser("audit", help="the audit log of the local contents server (issued, redeemed, refused...)")
+    p.add_argument("--since", help="unix seconds, ISO date/time, or an age like 30m, 2h, 7d")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many (newest) events")
+    p.add_argument("--json", action="store_true", help="one JSON object a line")
+    p.set_defaults(func=cmd_contents_audit)
+    p = contents.add_parser("rotate-key", help="rotate the local contents server's signing key (by key id)")
+    p.set_defaults(func=cmd_contents_rotate_key)
+
+    printer = sub.add_parser("printer", help="printer tools").add_subparsers(
+        dest="printer_command", required=True)
+    p = printer.add_parser("pair", help="show a pairing code and fingerprint; wait until it is confirmed")
+    p.add_argument("--printer-url", help="default: printer.host/port")
+    p.add_argument("--printer-key", help="default: <data-dir>/printer/api.key")
+    p.add_argument("--contents-url", help="default: contents.host/port")
+    p.add_argument("--service-id", default="printer-1", help="GotAPI local service id for this printer")
+    p.add_argument("--name", help="display name in the plug-in")
+    p.set_defaults(func=cmd_printer_pair)
+    p = printer.add_parser("keys", help="follow a key rotation of the paired contents server")
+    p.add_argument("--printer-url", help="default: printer.host/port")
+    p.add_argument("--printer-key", help="default: <data-dir>/printer/api.key")
+    p.set_defaults(func=cmd_printer_keys)
+
+    p = sub.add_parser("pair", help="pair a printer by code in one go (you hold both keys)")
     p.add_argument("--printer-url", required=True)
     p.add_argument("--printer-key", required=True, help="the printer's API key (<printer data-dir>/api.key)")
     p.add_argument("--contents-url", help="default: contents.host/port")
@@ -212,6 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", required=True, help="device path, socket://host:port or rfc2217://...")
     p.add_argument("--baud", type=int)
     p.set_defaults(func=cmd_stream)
+    job = sub.add_parser("job", help="control one job on the printer").add_subparsers(
+        dest="job_command", required=True)
+    p = job.add_parser("resume", help="resume a paused job, or an interrupted one from the "
+                       "layer in progress (re-heat, home X/Y, restore Z/E/feed rate)")
+    p.add_argument("job_id")
+    p.add_argument("--printer-url", help="default: printer.host/port")
+    p.add_argument("--printer-key", help="default: <data-dir>/printer/api.key")
+    p.set_defaults(func=cmd_job_resume)
     return parser
 
 

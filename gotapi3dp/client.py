@@ -29,7 +29,10 @@ class GotapiClient:
         if self.access_token and "accessToken" not in params:
             params["accessToken"] = self.access_token
         url = f"{self.base_url.rstrip('/')}/gotapi/{path.lstrip('/')}"
-        headers = {"Origin": self.origin}
+        # A web origin travels as `Origin` (as a browser sends it); any other name is a
+        # native app's, sent as `X-GotAPI-Origin`.
+        web = self.origin.startswith(("http://", "https://"))
+        headers = {"Origin" if web else "X-GotAPI-Origin": self.origin}
         if method in ("GET", "DELETE"):
             resp = self.session.request(method, url, params=params, headers=headers, timeout=self.timeout)
         else:

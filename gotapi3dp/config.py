@@ -87,28 +87,72 @@ class FirmwareConfig:
     corrupt_rate: float = 0.0            # fault injection: probability a line arrives corrupted
     drop_ok_rate: float = 0.0            # fault injection: probability an `ok` is lost
     seed: int = 0
+    duplicate_ok: bool = False           # answer a repeat of the last line with `ok` (old
+                                         # Marlin); current Marlin drops it silently
+    byte_error_rate: float = 0.0         # fault injection: per byte host->firmware, corrupted
+                                         # or dropped (half each)
+    reply_error_rate: float = 0.0        # the same, firmware->host
+    reboot_after: int = 0                # fault injection: reboot after N executed lines (0 = never)
+
+
+DEFAULT_START_GCODE = """M140 S{first_layer_bed_temp:.0f}
+M104 S{first_layer_hotend_temp:.0f}
+M190 S{first_layer_bed_temp:.0f}
+M109 S{first_layer_hotend_temp:.0f}
+G28
+G90
+M107"""
+DEFAULT_END_GCODE = """M104 S0
+M140 S0
+M107
+G91
+G1 Z10 F600
+G90
+M84"""
 
 
 @dataclass
 class SliceProfile:
+    """Print settings of the slicer (millimetres, mm/s, degrees C); see docs/SLICER.md.
+
+    Loaded from TOML by `printer.profile.load_profile`, or `[printer.slicer]` in the config.
+    """
+
     layer_height: float = 0.2
     first_layer_height: float = 0.2
     nozzle_diameter: float = 0.4
     line_width: float = 0.45
+    first_layer_line_width: float = 0.45
     filament_diameter: float = 1.75
+    filament_density: float = 1.24       # g/cm^3 (PLA), for the filament weight
     perimeters: int = 2
-    infill_density: float = 0.2
+    outer_wall_first: bool = False       # False: inner walls first, outer wall last
+    top_layers: int = 4                  # solid layers under a top surface
+    bottom_layers: int = 4               # solid layers over a bottom surface
+    infill_density: float = 0.2          # 0..1
+    infill_pattern: str = "rectilinear"  # "rectilinear" (alternating angle) or "grid"
     infill_angle: float = 45.0
+    skirt_loops: int = 1                 # 0: no skirt
+    skirt_distance: float = 3.0          # gap between the skirt and the first layer
     hotend_temp: float = 210.0
     bed_temp: float = 60.0
+    first_layer_hotend_temp: float = 215.0
+    first_layer_bed_temp: float = 60.0
+    fan_speed: float = 100.0             # percent, from fan_first_layer on
+    fan_first_layer: int = 1             # index of the first layer with the fan on
     print_speed: float = 50.0            # mm/s
     travel_speed: float = 150.0
     first_layer_speed: float = 25.0
     retract_length: float = 0.8
     retract_speed: float = 35.0
+    z_hop: float = 0.2                   # lift during retracted travels (0: none)
+    e_mode: str = "absolute"             # "absolute" (M82, G92 E0 each layer) or "relative" (M83)
+    start_gcode: str = DEFAULT_START_GCODE   # {setting} placeholders are filled in
+    end_gcode: str = DEFAULT_END_GCODE
     bed_x: float = 220.0
     bed_y: float = 220.0
     bed_z: float = 250.0
+    workers: int = 0                     # planner processes; 0: one per core, at most 2
 
 
 @dataclass

@@ -12,9 +12,10 @@ from flask import Flask
 
 from gotapi3dp.config import GotapiConfig
 
-from . import request_checks, responses
+from . import hmac_sign, request_checks, responses, webapp, websocket
 from .auth import AuthStore
 from .context import EXTENSION, ServerState
+from .events import EventHub
 from .paths import ProfileCaseMiddleware
 from .profiles import (authorization, availability, forward, service_discovery,
                        service_information, system)
@@ -40,17 +41,20 @@ def create_app(config: GotapiConfig, data_dir: Path, bus: "Bus | Any") -> Flask:
     app.wsgi_app = ProfileCaseMiddleware(app.wsgi_app)  # type: ignore[method-assign]
 
     Path(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    auth = AuthStore(Path(data_dir), config.token_lifetime)
+    hub = EventHub(bus)
+    bus.on_event(hub.dispatch)
     app.extensions[EXTENSION] = ServerState(
-        config=config, bus=bus,
-        auth=AuthStore(Path(data_dir), config.token_lifetime),
-        services=ServiceDirectory(bus, config.discovery_timeout))
+        config=config, bus=bus, auth=auth,
+        services=ServiceDirectory(bus, config.discovery_timeout), events=hub)
 
     responses.init_app(app)
     request_checks.init_app(app, config)
+    hmac_sign.init_app(app, auth)
     for module in (availability, authorization, service_discovery, service_information,
                    system):
         app.register_blueprint(module.bp)
-    # GotAPI-5 (WebSocket events at /gotapi/websocket, flask-sock) registers here, before
-    # the forwarder; the forwarder keeps the `websocket` profile reserved until then.
+    websocket.init_app(app, config, auth, hub)  # GotAPI-5, before the forwarder's catch-all
     app.register_blueprint(forward.bp)
+    app.register_blueprint(webapp.bp)  # the web app at `/` (issue 7)
     return app

@@ -44,7 +44,13 @@ CREATE TABLE IF NOT EXISTS tokens (
     created REAL NOT NULL,
     expires REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS hmac_keys (
+    origin TEXT PRIMARY KEY,
+    key_hex TEXT NOT NULL,
+    created REAL NOT NULL
+);
 """
+_HMAC_KEY_RE = re.compile(r"^(?:[0-9a-fA-F]{2}){16,64}$")
 
 
 def _digest(token: str) -> str:
@@ -133,6 +139,21 @@ class AuthStore:
                              (client_id,)).fetchone()
         if row is None or not _same(row[0], origin):
             raise P3DError(ErrorCode.NOT_FOUND_CLIENT_ID)
+
+    def set_hmac_key(self, origin: str, key_hex: str) -> None:
+        """Register the app's HMAC key (16-64 bytes as hex) for its origin; replaces any."""
+        if not _HMAC_KEY_RE.fullmatch(key_hex):
+            raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER,
+                           "key must be 32 to 128 hex digits (16 to 64 bytes).")
+        with closing(self._connect()) as db:
+            db.execute("INSERT OR REPLACE INTO hmac_keys VALUES (?, ?, ?)",
+                       (origin, key_hex.lower(), self.clock()))
+
+    def hmac_key(self, origin: str) -> bytes | None:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT key_hex FROM hmac_keys WHERE origin = ?",
+                             (origin,)).fetchone()
+        return bytes.fromhex(row[0]) if row else None
 
     def check(self, token: str | None, origin: str, profile: str | None) -> None:
         """Raise 13/11/12/14 unless `token` is valid for `origin` (and `profile`, if given)."""

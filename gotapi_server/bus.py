@@ -46,6 +46,7 @@ class PluginRecord:
     host_id: str
     online: bool
     last_seen: float  # wall clock (time.time()) of the last frame from its host
+    apis: dict[str, Any] = dataclasses.field(default_factory=dict)  # profile -> Swagger doc
 
 
 @dataclass
@@ -285,7 +286,7 @@ class Bus:
         self._hosts[peer] = _Host(peer, [p.id for p in announce.plugins], now, now)
         for p in announce.plugins:
             self._records[p.id] = PluginRecord(p.id, p.name, p.version, list(p.profiles),
-                                               announce.host_id, True, time.time())
+                                               announce.host_id, True, time.time(), p.apis)
         self._publish()
         log.info("bus: host %s ready with plug-ins %s", announce.host_id,
                  [p.id for p in announce.plugins])

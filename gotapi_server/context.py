@@ -1,4 +1,4 @@
-"""What the views share, built once by `create_app`: config, bus, auth store, service directory."""
+"""What the views share, built once by `create_app`: config, bus, auth, services, events."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +9,7 @@ from flask import current_app, g
 from gotapi3dp.config import GotapiConfig
 
 from .auth import AuthStore
+from .events import EventHub
 from .params import optional_str, request_params
 from .services import ServiceDirectory
 
@@ -21,6 +22,7 @@ class ServerState:
     bus: Any  # gotapi_server.bus.Bus (or a test double with the same methods)
     auth: AuthStore
     services: ServiceDirectory
+    events: EventHub
 
 
 def state() -> ServerState:

@@ -4,7 +4,14 @@ Order: a Host header that is not a loopback name gets 421/1000 (DNS-rebinding de
 a method other than GET/POST/PUT/DELETE/OPTIONS gets 3; an OPTIONS preflight is answered
 here (CORS only for allowed origins, never `*`, never Private Network Access); every other
 request needs exactly one allowed origin (`X-GotAPI-Origin` for native apps, else `Origin`),
-else 18. X-Forwarded-* headers are ignored: the server is never behind a proxy.
+else 18; a `nonce` must be hex (10). The WebSocket path checks its origin itself (its
+errors are WebSocket codes). X-Forwarded-* headers are ignored: never behind a proxy.
+
+Allowed origins: a non-empty `allowed_origins` is the exact list (both headers). Empty (the
+default): a browser `Origin` must be a loopback web origin (`http(s)://localhost`,
+`127.0.0.1` or `[::1]`, any port; this includes the server's own pages at `/`), so no web
+site can drive the printer; a native app naming itself with `X-GotAPI-Origin` alone may use
+any single name but `null`.
 """
 from __future__ import annotations
 
@@ -22,18 +29,24 @@ _HOST_RE = re.compile(r"^(?:127\.0\.0\.1|localhost|\[::1\])(?::[0-9]{1,5})?$", r
 # One origin: printable ASCII, no spaces, no commas (a repeated header arrives comma-joined).
 _ORIGIN_RE = re.compile(r"^[\x21-\x2b\x2d-\x7e]{1,255}$")
 _PREFLIGHT_MAX_AGE = "600"
-_ALLOW_HEADERS = "Content-Type, X-GotAPI-Origin"
+_ALLOW_HEADERS = "Content-Type, X-GotAPI-Origin, Idempotency-Key"
+_LOOPBACK_WEB_ORIGIN = re.compile(
+    r"^https?://(?:localhost|127\.0\.0\.1|\[::1\])(?::[0-9]{1,5})?$", re.IGNORECASE)
+_NONCE_RE = re.compile(r"^(?:[0-9a-fA-F]{2}){4,128}$")
+WEBSOCKET_PATH = "/gotapi/websocket"
 
 
 def host_is_loopback(host: str | None) -> bool:
     return bool(host) and _HOST_RE.fullmatch(host or "") is not None
 
 
-def origin_allowed(origin: str, config: GotapiConfig) -> bool:
-    """An empty allow list admits any single origin but `null` (file://, sandboxed frames)."""
+def origin_allowed(origin: str, config: GotapiConfig, native: bool = False) -> bool:
+    """See the module docstring; `native`: named by X-GotAPI-Origin without Origin."""
     if config.allowed_origins:
         return origin in config.allowed_origins
-    return origin != "null"
+    if native:
+        return origin != "null"
+    return _LOOPBACK_WEB_ORIGIN.fullmatch(origin) is not None
 
 
 def _single(name: str) -> str | None:
@@ -55,7 +68,7 @@ def request_origin(config: GotapiConfig) -> str:
     origin = native if native is not None else browser
     if origin is None:
         raise P3DError(ErrorCode.INVALID_ORIGIN, "Origin is not specified.")
-    if not origin_allowed(origin, config):
+    if not origin_allowed(origin, config, native=browser is None):
         raise P3DError(ErrorCode.INVALID_ORIGIN, "Origin is not allowed.")
     return origin
 
@@ -82,7 +95,14 @@ def init_app(app: Flask, config: GotapiConfig) -> None:
             return _preflight(config)
         if request.method not in API_METHODS:
             raise P3DError(ErrorCode.NOT_SUPPORT_ACTION)
+        if request.path == WEBSOCKET_PATH and request.environ.get(
+                "HTTP_UPGRADE", "").lower() == "websocket":
+            return None  # GotAPI-5 answers its own codes on the socket
         g.origin = request_origin(config)
+        nonce = request.values.get("nonce")
+        if nonce is not None and not _NONCE_RE.fullmatch(nonce):
+            raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER,
+                           "nonce must be 8 to 256 hex digits.")
         return None
 
     @app.after_request

@@ -1,28 +1,105 @@
 """`bus tap`: print every bus frame the GotAPI server publishes on its tap, decoded.
 
 The bus copies each frame it receives or sends to a PUB socket as
-`[direction, peer routing id, protocol, command, body?]`. We decode bodies with the shared
-decoders (Intent, READY announce) and print one line, or one JSON object, per frame.
+`[direction, peer routing id, protocol, command, body?]` (a PUB with no subscriber drops
+at once, so an untapped bus pays one non-blocking send per frame). We decode bodies with the
+shared decoders (Intent, READY announce) and print one line, or one JSON object, per frame.
 A frame that does not decode is printed as such; nothing here trusts the bytes.
+
+Each REPLY carries `latencyMs`, the time since the REQUEST with its requestCode went out.
+`--profile` and `--service` keep only Intents of that profile / serviceId (local or public
+id). Secrets never reach the screen: access tokens, sealed tokens (`p3t1.`...), contents
+keys and any `*token`/`*key` parameter are shown as `<redacted N chars sha256:xxxxxxxx>`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import zmq
 
 from gotapi3dp.wire.busproto import COMMAND_NAMES, PROTOCOL, READY, decode_announce
 from gotapi3dp.wire.intent import IntentError, decode
+from gotapi3dp.wire.token import TOKEN_PREFIX
 
 POLL_MS = 100
 RC_PREFIX = 8  # hex digits of the requestCode shown in a line
+MAX_OPEN_REQUESTS = 10_000  # requestCodes remembered for latency
+_SECRET_NAMES = ("accesstoken", "contentskey", "token", "apikey", "key", "secret")
+
+
+def redact_value(value: str) -> str:
+    digest = hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:8]
+    return f"<redacted {len(value)} chars sha256:{digest}>"
+
+
+def _is_secret(name: str) -> bool:
+    low = name.lower()
+    return any(low == s or low.endswith(s) for s in _SECRET_NAMES)
+
+
+def redact(value: Any, name: str = "") -> Any:
+    """A copy of a decoded Intent map with every secret replaced by length + short hash."""
+    if isinstance(value, dict):
+        return {k: redact(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, name) for v in value]
+    if isinstance(value, str) and (_is_secret(name) or value.startswith(TOKEN_PREFIX)):
+        return redact_value(value)
+    return value
+
+
+@dataclass
+class Filter:
+    """What to print: Intents of one profile and/or service (None = all frames)."""
+
+    profile: str | None = None
+    service: str | None = None
+
+    def keeps(self, record: dict[str, Any]) -> bool:
+        if self.profile is None and self.service is None:
+            return True
+        intent = record.get("intent")
+        if intent is None:
+            return False
+        if self.profile is not None and intent.get("profile", "").lower() != self.profile.lower():
+            return False
+        if self.service is not None:
+            local = intent.get("serviceId")
+            public = f"{local}.{intent.get('pluginId')}"
+            return self.service in (local, public)
+        return True
+
+
+@dataclass
+class Latency:
+    """REQUEST send times by requestCode; a matching REPLY gets `latencyMs`."""
+
+    sent: "OrderedDict[str, float]" = field(default_factory=OrderedDict)
+
+    def note(self, record: dict[str, Any]) -> None:
+        intent = record.get("intent")
+        if intent is None:
+            return
+        key = f"{intent['requestCode']}/{intent.get('pluginId', '')}"
+        if record["command"] == "REQUEST" and record["direction"] == "out":
+            self.sent[key] = record["time"]
+            while len(self.sent) > MAX_OPEN_REQUESTS:
+                self.sent.popitem(last=False)
+        elif record["command"] == "REPLY":
+            started = self.sent.pop(key, None)
+            if started is not None:
+                record["latencyMs"] = round((record["time"] - started) * 1000, 3)
 
 
 def tap(endpoint: str, as_json: bool, out: TextIO, stop: threading.Event | None = None,
-        limit: int | None = None) -> int:
+        limit: int | None = None, profile: str | None = None,
+        service: str | None = None) -> int:
     """Print frames until `stop` is set, `limit` frames were printed or Ctrl-C; exit status 0."""
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
@@ -30,11 +107,15 @@ def tap(endpoint: str, as_json: bool, out: TextIO, stop: threading.Event | None 
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(endpoint)
     count = 0
+    keep, latency = Filter(profile, service), Latency()
     try:
         while (stop is None or not stop.is_set()) and (limit is None or count < limit):
             if not sub.poll(POLL_MS):
                 continue
             record = describe(sub.recv_multipart(), time.time())
+            latency.note(record)
+            if not keep.keeps(record):
+                continue
             out.write((json.dumps(record) if as_json else format_line(record)) + "\n")
             out.flush()
             count += 1
@@ -64,7 +145,7 @@ def describe(frames: list[bytes], when: float) -> dict[str, Any]:
             if command == READY:
                 record["announce"] = _jsonable(_announce_map(body[0]))
             else:
-                record["intent"] = _jsonable(decode(body[0]).to_map())
+                record["intent"] = redact(_jsonable(decode(body[0]).to_map()))
         except IntentError as exc:
             record["undecodable"] = f"{exc} ({len(body[0])} bytes)"
     return record
@@ -88,6 +169,8 @@ def format_line(record: dict[str, Any]) -> str:
         parts.append(f"rc={intent['requestCode'][:RC_PREFIX]}")
         if "result" in intent:
             parts.append(f"result={intent['result']}")
+        if "latencyMs" in record:
+            parts.append(f"latency={record['latencyMs']:.2f}ms")
         if "errorCode" in intent:
             parts.append(f"errorCode={intent['errorCode']} {intent.get('errorMessage', '')!r}")
     if "announce" in record:
@@ -98,8 +181,15 @@ def format_line(record: dict[str, Any]) -> str:
 
 
 def _announce_map(body: bytes) -> dict[str, Any]:
+    """The announce, each plug-in's API documents shown by profile name only."""
     announce = decode_announce(body)
-    return {"hostId": announce.host_id, "plugins": [p.to_map() for p in announce.plugins]}
+    plugins = []
+    for p in announce.plugins:
+        entry = p.to_map()
+        if "apis" in entry:
+            entry["apis"] = sorted(entry["apis"])
+        plugins.append(entry)
+    return {"hostId": announce.host_id, "plugins": plugins}
 
 
 def _text(raw: bytes) -> str:

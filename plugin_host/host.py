@@ -25,6 +25,7 @@ from gotapi3dp.mailbox import Mailbox
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Action, Intent, IntentError, decode, encode
 
+from .idempotency import IdempotencyStore
 from .plugin import Plugin
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,9 @@ class PluginHost:
     def __init__(self, config: PluginHostConfig, plugins: list[Plugin], *,
                  heartbeat: float = HEARTBEAT_INTERVAL, liveness: int = HEARTBEAT_LIVENESS,
                  reconnect_min: float = RECONNECT_MIN, reconnect_max: float = RECONNECT_MAX,
-                 workers: int = WORKERS) -> None:
+                 workers: int = WORKERS, idempotency: IdempotencyStore | None = None) -> None:
         self._config = config
+        self._idempotency = idempotency
         self._plugins = {p.info.id: p for p in plugins}
         if len(self._plugins) != len(plugins):
             raise ValueError("two plug-ins share an id")
@@ -228,7 +230,10 @@ class PluginHost:
 
     def _work(self, plugin: Plugin, intent: Intent) -> None:
         """Run on a pool thread: call the plug-in, encode, hand the REPLY to the loop."""
-        reply = _answer(plugin, intent)
+        if self._idempotency is not None:
+            reply = self._idempotency.run(intent, lambda i: _answer(plugin, i))
+        else:
+            reply = _answer(plugin, intent)
         try:
             payload = _checked(reply)
         except IntentError as exc:

@@ -9,6 +9,7 @@ from types import FrameType
 from gotapi3dp.config import Config
 
 from .host import PluginHost
+from .idempotency import IdempotencyStore
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,8 @@ def serve(config: Config) -> None:
     from plugin_host.printer3d.plugin import build_plugins
 
     plugins = build_plugins(config)
-    host = PluginHost(config.plugin_host, plugins)
+    idempotency = IdempotencyStore(config.dir_for("plugin_host") / "idempotency.sqlite3")
+    host = PluginHost(config.plugin_host, plugins, idempotency=idempotency)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

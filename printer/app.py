@@ -17,6 +17,8 @@ from gotapi3dp.wire.errors import ErrorCode, P3DError, http_status
 from gotapi3dp.wire.ids import check_job_id
 from gotapi3dp.wire.token import MAX_TOKEN_CHARS, job_id_for
 
+from . import api_events
+from . import api_pairing
 from .main import Printer
 from .trust import trust_from_map
 
@@ -37,6 +39,8 @@ def create_app(printer: Printer) -> Flask:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
     app.register_blueprint(bp)
+    app.register_blueprint(api_pairing.bp)
+    api_events.init_app(app, printer.jobs)  # GET /api/events: job changes as SSE
     return app
 
 

@@ -1,9 +1,11 @@
 """Printer Authentication: open and check a sealed print token, then redeem it with a proof.
 
 `open_token` runs the printer's offline checks in the order of security.md §1.8 step 11:
-unseal -> kid/signature/schema/type against the pinned keys -> issuer -> audience and key
+unseal -> kid/signature/schema/type/issuer against the pinned keys -> audience and key
 binding -> time -> local replay cache. `redeem` proves possession of the printer's signing
-key over a fresh contents-server nonce and returns where to download the model.
+key over a fresh contents-server nonce and returns where to download the model. A redeem
+whose answer is lost (connection dropped, 5xx) is re-sent with the *same* body: the
+contents server recognises it and answers the stored result, so it never spends twice.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from .trust import Trust
 REDEEM_PATH = "/api/redeem"
 CHALLENGE_PATH = "/api/redeem/challenge"
 DEFAULT_TIMEOUT = 20.0
+REDEEM_ATTEMPTS = 3         # the same redeem body, re-sent when the answer is lost
 
 
 class ReplayCache(Protocol):
@@ -56,9 +59,7 @@ def open_token(token: str, keys: PrinterKeys, trust: Trust | None, replay: Repla
     if trust is None:
         raise P3DError(ErrorCode.PRINTER_NOT_TRUSTED,
                        "no contents server is trusted yet (POST /api/trust)")
-    claims = verify_signed(signed, trust.keys)
-    if claims.iss != trust.issuer:
-        raise P3DError(ErrorCode.TOKEN_KID, f"token issuer {claims.iss!r} is not trusted")
+    claims = verify_signed(signed, trust.keys, trust.issuer)
     check_audience(claims, keys.printer_id, keys.sign_public)
     check_time(claims, now)
     if not replay.remember_token(claims.jti, claims.exp):
@@ -80,8 +81,19 @@ def redeem(contents_url: str, signed: bytes, keys: PrinterKeys, http: requests.S
     proof = keys.sign_key.sign(pop_message(signed, nonce, "POST", REDEEM_PATH, iat)).signature
     body = {"printerId": keys.printer_id, "signed": b64e(signed), "nonce": nonce_text,
             "iat": iat, "proof": b64e(proof)}
-    answer = _post(http, contents_url, REDEEM_PATH, body, timeout)
-    return _redemption(contents_url, answer)
+    return _redemption(contents_url, _post_idempotent(http, contents_url, body, timeout))
+
+
+def _post_idempotent(http: requests.Session, contents_url: str, body: dict[str, Any],
+                     timeout: float) -> dict[str, Any]:
+    """POST the redeem body, re-sending it unchanged while the answer is lost."""
+    for attempt in range(1, REDEEM_ATTEMPTS + 1):
+        try:
+            return _post(http, contents_url, REDEEM_PATH, body, timeout)
+        except P3DError as exc:
+            if exc.code != ErrorCode.CONTENTS_UNAVAILABLE or attempt == REDEEM_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _redemption(contents_url: str, answer: dict[str, Any]) -> Redemption:

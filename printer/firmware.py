@@ -1,10 +1,13 @@
 """A virtual Marlin-like firmware: a pure protocol core and its pseudo-terminal runner.
 
 `VirtualFirmware` answers bytes with bytes, as Marlin 2 does: numbered lines need checksums and
-consecutive numbers, errors ask for a resend, a repeat of the last line is dropped (with an `ok`),
-heaters move toward their targets in the simulated time given to it. It logs every line it
-accepts and executes, raw, so a test can compare what ran with what was sent.
-`PtyFirmware` runs one on a pseudo-terminal that pyserial opens like any serial port.
+consecutive numbers, errors ask for a resend, a repeat of the last line is dropped silently
+(current Marlin; `duplicate_ok` answers it with `ok` as older ones did), heaters move toward
+their targets in the simulated time given to it. Faults come from configuration: corrupted
+lines, corrupted or dropped bytes in both directions, lost `ok`s, a reboot. It logs every line
+it accepts and executes, raw, so a test can compare what ran with what was sent.
+`PtyFirmware` runs one on a pseudo-terminal that pyserial opens like any serial port;
+`TcpFirmware` serves one on a TCP port (pyserial `socket://host:port`).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import os
 import random
 import re
 import select
+import socket
 import struct
 import termios
 import threading
@@ -94,6 +98,20 @@ class VirtualFirmware:
         self._next_report = 0.0
         self._next_busy = 0.0
         self._next_wait_report = 0.0
+        self._rebooted = False
+
+    def reset(self) -> None:
+        """A board reset: line number, buffers, waits, heaters and auto-report forgotten."""
+        self.last_n = 0
+        self.halted = False
+        self._rx.clear()
+        self._skip_partial = False
+        self._ring.clear()
+        self._wait = None
+        self._report_every = 0.0
+        self._motion = _Motion()
+        for heater in self.heaters.values():
+            heater.target = 0.0
 
     # ------------------------------------------------------------ bytes in, bytes out
     def feed(self, data: bytes, now: float) -> bytes:
@@ -102,12 +120,12 @@ class VirtualFirmware:
         self._advance(now)
         if self.halted:
             return b""
-        self._receive(data)
+        self._receive(self._garble(data, self.config.byte_error_rate))
         self._service(out)
         if len(self._rx) > self.config.rx_buffer:
             self.overflows += len(self._rx) - self.config.rx_buffer
             del self._rx[self.config.rx_buffer:]
-        return _encode(out)
+        return self._send(out)
 
     def tick(self, now: float) -> bytes:
         """Let simulated time pass: heaters, waits, keep-alive and M155 auto-reports."""
@@ -120,11 +138,38 @@ class VirtualFirmware:
             out.append(self._temperature_line())
         if self._wait is not None:
             self._tick_wait(now, out)
-        return _encode(out)
+        return self._send(out)
 
     def greet(self) -> bytes:
         """What the board prints after a reset."""
         return b"start\n"
+
+    def _send(self, out: list[str]) -> bytes:
+        return self._garble(_encode(out), self.config.reply_error_rate)
+
+    def _garble(self, data: bytes, rate: float) -> bytes:
+        """Line noise: a byte, at `rate`, dropped or one bit flipped (newlines are spared).
+
+        At most one fault per line: Marlin's XOR checksum cannot see every double error (two
+        flips of the same bit cancel), so a real printer would run such a line as garbage.
+        """
+        if rate <= 0 or not data:
+            return data
+        out = bytearray()
+        rng = self._rng
+        clean = False                                   # the rest of this line stays intact
+        for byte in data:
+            if clean or byte == 0x0A or rng.random() >= rate:
+                out.append(byte)
+            elif rng.random() < 0.5:                    # else dropped
+                flipped = byte ^ (1 << rng.randrange(7))
+                out.append(flipped if flipped != 0x0A else byte ^ 0x80)   # never a newline
+                clean = True
+            else:
+                clean = True
+            if byte == 0x0A:
+                clean = False
+        return bytes(out)
 
     def _advance(self, now: float) -> None:
         dt = 0.0 if self._now is None else max(0.0, now - self._now)
@@ -167,7 +212,8 @@ class VirtualFirmware:
     def _accept(self, raw: bytes, out: list[str]) -> None:
         parsed = parse_line(raw)
         text = raw.decode("ascii", "replace")
-        if "M112" in parsed.command.upper():            # emergency parser: acts at once
+        if "M112" in parsed.command.upper() and parsed.checksum_ok is not False:
+            # emergency parser: acts at once (a line with a bad checksum is noise, not M112)
             self._log(text)
             self._halt(out)
         elif parsed.number is None:
@@ -187,8 +233,9 @@ class VirtualFirmware:
             return self._line_error("checksum mismatch", out)
         if number != self.last_n + 1 and not m110:
             if self.last_n - 1 <= number <= self.last_n:
-                self._ring.append(_Queued(text, command, number, noop=True))
-                return None
+                if self.config.duplicate_ok:          # older Marlin: `ok`, nothing executed
+                    self._ring.append(_Queued(text, command, number, noop=True))
+                return None                           # current Marlin: dropped silently
             return self._line_error("Line Number is not Last Line Number+1", out)
         if checksum_ok is None:
             return self._line_error("No Checksum with line number", out)
@@ -231,11 +278,24 @@ class VirtualFirmware:
         if self._on_execute is not None:
             self._on_execute(text)
 
+    def _maybe_reboot(self, out: list[str]) -> bool:
+        """Fault injection: the board resets once after `reboot_after` executed lines."""
+        if self._rebooted or not self.config.reboot_after:
+            return False
+        if self.executed < self.config.reboot_after:
+            return False
+        self._rebooted = True
+        self.reset()
+        out.append("start")
+        return True
+
     # ------------------------------------------------------------ commands
     def _execute(self, queued: _Queued, out: list[str]) -> None:
         if queued.noop:
             return self._ok(out, queued.number)
         self._log(queued.raw)
+        if self._maybe_reboot(out):
+            return None
         code, params = _parse_command(queued.command)
         handler = self._HANDLERS.get(code)
         if handler is None:
@@ -402,7 +462,7 @@ def _parse_command(command: str) -> tuple[str, dict[str, float]]:
         return "", {}
     (letter, number), rest = words[0], words[1:]
     code = letter + (str(int(float(number))) if number else "")
-    return code, {k: float(v) for k, v in rest if v}
+    return code, {k: float(v) if v else 0.0 for k, v in rest}
 
 
 def _m110_number(command: str, fallback: int) -> int:
@@ -436,6 +496,71 @@ class _Pacer:
             self.tokens -= n
 
 
+class _Served:
+    """A `VirtualFirmware` behind one file descriptor (pty master or socket), paced at the
+    configured byte rate in both directions; the serving thread's loop."""
+
+    def __init__(self, core: VirtualFirmware, config: FirmwareConfig, stop: threading.Event,
+                 packet_mode: bool = False) -> None:
+        self.core, self.stop, self.packet_mode = core, stop, packet_mode
+        self.pace_in, self.pace_out = _Pacer(config.baud), _Pacer(config.baud)
+        self.closed = False
+
+    def run(self, fd: int, greet: bool, boot: float = 0.0) -> None:
+        """Serve until stopped or the peer hangs up (EOF on a socket). With `greet`, `start`
+        is sent after `boot` seconds (a board booting; a host flushes its input on open)."""
+        out = bytearray()
+        greet_at = time.monotonic() + boot if greet else None
+        while not self.stop.is_set() and not self.closed:
+            now = time.monotonic()
+            if greet_at is not None and now >= greet_at:
+                out[:0], greet_at = self.core.greet(), None
+            can_read = self.pace_in.allowance(now) > 0
+            writers = [fd] if out and self.pace_out.allowance(now) > 0 else []
+            readable, writable, _ = select.select([fd] if can_read else [], writers, [], 0.01)
+            if readable:
+                out += self._read(fd)
+            out += self.core.tick(time.monotonic())
+            if writable and out:
+                self._write(fd, out)
+
+    def _read(self, fd: int) -> bytes:
+        try:
+            data = os.read(fd, min(4096, self.pace_in.allowance(time.monotonic()) + 1))
+        except (BlockingIOError, InterruptedError):
+            return b""
+        except OSError:
+            self.closed = True
+            return b""
+        if not data:
+            self.closed = not self.packet_mode        # EOF: the socket peer went away
+            return b""
+        if self.packet_mode:
+            if data[0] != 0:
+                return self._reset() if data[0] & 0x01 else b""   # TIOCPKT_FLUSHREAD
+            data = data[1:]
+        self.pace_in.spend(len(data))
+        return self.core.feed(data, time.monotonic())
+
+    def _reset(self) -> bytes:
+        """The port was opened: a halted board (M112) comes back, as DTR resets a real one."""
+        if self.core.halted:
+            self.core.reset()
+        return self.core.greet()
+
+    def _write(self, fd: int, out: bytearray) -> None:
+        limit = self.pace_out.allowance(time.monotonic())
+        try:
+            written = os.write(fd, bytes(out[:limit]))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.closed = True
+            return
+        self.pace_out.spend(written)
+        del out[:written]
+
+
 class PtyFirmware:
     """A `VirtualFirmware` on a pseudo-terminal, served by one daemon thread.
 
@@ -466,25 +591,31 @@ class PtyFirmware:
             self._packet_mode = False
         os.set_blocking(master, False)
         self._fds = (master, slave)
-        self._log = open(self.log_path, "a", encoding="ascii", errors="replace", buffering=1)
-        self._core = VirtualFirmware(self.config, on_execute=self._write_log,
-                                     keepalive=self.keepalive)
+        self._open_core()
         self._thread = threading.Thread(target=self._run, name="firmware:pty", daemon=True)
         self._thread.start()
         return os.ttyname(slave)
+
+    def _open_core(self) -> None:
+        self._log = open(self.log_path, "a", encoding="ascii", errors="replace", buffering=1)
+        self._core = VirtualFirmware(self.config, on_execute=self._write_log,
+                                     keepalive=self.keepalive)
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        self._close_fds()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _close_fds(self) -> None:
         if self._fds is not None:
             for fd in self._fds:
                 os.close(fd)
             self._fds = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     @property
     def executed_count(self) -> int:
@@ -500,46 +631,49 @@ class PtyFirmware:
 
     def _run(self) -> None:
         assert self._fds is not None and self._core is not None
-        master = self._fds[0]
-        out = bytearray(b"" if self._packet_mode else self._core.greet())  # else on open
-        pace_in, pace_out = _Pacer(self.config.baud), _Pacer(self.config.baud)
+        served = _Served(self._core, self.config, self._stop, self._packet_mode)
+        served.run(self._fds[0], greet=not self._packet_mode)   # else greeted on open
+
+
+class TcpFirmware(PtyFirmware):
+    """A `VirtualFirmware` on a TCP port, one connection at a time (pyserial `socket://`).
+
+    Each new connection is a board reset: line number forgotten, `start` sent at once (a
+    host that flushes its input on open may never see it; a late one would break its
+    handshake).
+    """
+
+    def __init__(self, config: FirmwareConfig, log_path: Path, host: str = "127.0.0.1",
+                 port: int = 0, keepalive: float = 2.0) -> None:
+        super().__init__(config, log_path, keepalive)
+        self.host, self.port = host, port
+        self._listener: socket.socket | None = None
+
+    def start(self) -> str:
+        """Listen and start serving; returns the pyserial URL, `socket://host:port`."""
+        listener = socket.create_server((self.host, self.port))
+        listener.settimeout(0.1)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._open_core()
+        self._thread = threading.Thread(target=self._run, name="firmware:tcp", daemon=True)
+        self._thread.start()
+        return f"socket://{self.host}:{self.port}"
+
+    def _close_fds(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def _run(self) -> None:
+        assert self._listener is not None and self._core is not None
         while not self._stop.is_set():
-            now = time.monotonic()
-            can_read = pace_in.allowance(now) > 0
-            writers = [master] if out and pace_out.allowance(now) > 0 else []
-            readable, writable, _ = select.select([master] if can_read else [], writers, [], 0.01)
-            if readable:
-                out += self._read(master, pace_in)
-            out += self._core.tick(time.monotonic())
-            if writable and out:
-                self._write(master, out, pace_out)
-
-    def _read(self, master: int, pace: _Pacer) -> bytes:
-        assert self._core is not None
-        try:
-            data = os.read(master, min(4096, pace.allowance(time.monotonic()) + 1))
-        except (BlockingIOError, InterruptedError):
-            return b""
-        except OSError:
-            self._stop.set()
-            return b""
-        if self._packet_mode:
-            if not data:
-                return b""
-            if data[0] != 0:
-                return self._core.greet() if data[0] & 0x01 else b""   # TIOCPKT_FLUSHREAD
-            data = data[1:]
-        pace.spend(len(data))
-        return self._core.feed(data, time.monotonic())
-
-    def _write(self, master: int, out: bytearray, pace: _Pacer) -> None:
-        limit = pace.allowance(time.monotonic())
-        try:
-            written = os.write(master, bytes(out[:limit]))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._stop.set()
-            return
-        pace.spend(written)
-        del out[:written]
+            try:
+                conn, _ = self._listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            with conn:
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._core.reset()
+                _Served(self._core, self.config, self._stop).run(conn.fileno(), greet=True)

@@ -88,7 +88,8 @@ class ErrorKind(str, Enum):
     LINE_NUMBER = "line_number"          # not Last Line Number+1: a Resend follows
     NO_CHECKSUM = "no_checksum"          # numbered line without checksum: a Resend follows
     NO_LINE_NUMBER = "no_line_number"    # checksum without number (Prusa): no Resend, no ok
-    FATAL = "fatal"                      # anything else, and `!!`
+    FATAL = "fatal"                      # halted, kill(), thermal faults, and `!!`
+    OTHER = "other"                      # unknown (e.g. garbled by line noise): not fatal
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ Reply = Union[Ok, Resend, FirmwareError, Busy, TemperatureReport, Start, Other]
 
 _OK_FIELDS = re.compile(r"\b([NPB])(\d+)\b")
 _TEMP = re.compile(r"(?<![\w@])([TB])\d?:\s*(-?\d+(?:\.\d+)?)(?:\s*/\s*(-?\d+(?:\.\d+)?))?")
-_RESEND = re.compile(r"^(?:resend|rs)\b[:\s]*(?:N:?)?\s*(\d+)", re.IGNORECASE)
+_RESEND = re.compile(r"^(?:resend|rs)\b[:\s]*(?:N:?)?\s*(\d+)\s*$", re.IGNORECASE)
 _LAST_LINE = re.compile(r"Last Line:\s*(\d+)", re.IGNORECASE)
 _ERROR_KINDS = (
     ("checksum mismatch", ErrorKind.CHECKSUM),
@@ -147,6 +148,8 @@ _ERROR_KINDS = (
     ("no line number with checksum", ErrorKind.NO_LINE_NUMBER),
     ("missing linenumber", ErrorKind.NO_LINE_NUMBER),
 )
+_FATAL_WORDS = ("halted", "kill", "thermal", "mintemp", "maxtemp", "heating failed",
+                "stopped", "runaway")
 
 
 def parse_temperatures(text: str) -> Temperatures | None:
@@ -194,7 +197,10 @@ def _parse_ok(rest: str) -> Ok:
 def _parse_error(text: str) -> FirmwareError:
     message = text[6:].strip() if text.lower().startswith("error:") else text[2:].strip()
     lower = message.lower()
-    kind = next((k for phrase, k in _ERROR_KINDS if phrase in lower), ErrorKind.FATAL)
+    kind = next((k for phrase, k in _ERROR_KINDS if phrase in lower), None)
+    if kind is None:
+        fatal = any(word in lower for word in _FATAL_WORDS)
+        kind = ErrorKind.FATAL if fatal else ErrorKind.OTHER
     if text.startswith("!!"):
         kind = ErrorKind.FATAL
     match = _LAST_LINE.search(message)

@@ -49,6 +49,13 @@ class Rings:
         rings = [self.coords[self.offsets[i]:self.offsets[i + 1]] for i in range(lo, hi)]
         return rings, self.shell[lo:hi]
 
+    def subset(self, first: int, last: int) -> Rings:
+        """The rings of layers first .. last - 1 (layer numbers kept), for a worker process."""
+        lo, hi = np.searchsorted(self.layer, [first, last])
+        offsets = self.offsets[lo:hi + 1]
+        return Rings(self.coords[offsets[0]:offsets[-1]], offsets - offsets[0],
+                     self.layer[lo:hi], self.shell[lo:hi])
+
 
 def section(vertices: np.ndarray, faces: np.ndarray, edges: np.ndarray,
             face_edges: np.ndarray, heights: np.ndarray) -> Rings:
@@ -258,8 +265,9 @@ def outline(rings: list[np.ndarray], shell: np.ndarray | None = None) -> BaseGeo
         return shapely.Polygon()
     if shell is not None and np.any(np.asarray(shell) < 0):
         rings = _orient_open(rings, np.asarray(shell))
-    region = shapely.make_valid(shapely.simplify(_nonzero(rings), RESOLUTION))
-    return _polygons_only(region)
+    simple = shapely.simplify(_nonzero(rings), RESOLUTION, preserve_topology=False)
+    region = shapely.make_valid(simple)
+    return polygons_only(region)
 
 
 def _orient_open(rings: list[np.ndarray], shell: np.ndarray) -> list[np.ndarray]:
@@ -287,7 +295,8 @@ def _nonzero(rings: list[np.ndarray]) -> BaseGeometry:
     return shapely.union_all(faces[winding_numbers(rings, probe) != 0])
 
 
-def _polygons_only(geometry: BaseGeometry) -> BaseGeometry:
+def polygons_only(geometry: BaseGeometry) -> BaseGeometry:
+    """The polygons of a geometry (lines and points dropped) as a (Multi)Polygon."""
     parts = shapely.get_parts(geometry)
     polys = [p for p in parts if isinstance(p, shapely.Polygon) and p.area >= MIN_RING_AREA]
     return shapely.MultiPolygon(polys) if polys else shapely.Polygon()
@@ -301,7 +310,21 @@ def islands(region: BaseGeometry) -> list[BaseGeometry]:
 def inset(region: BaseGeometry, distance: float) -> BaseGeometry:
     """Region shrunk by `distance` (mm), reflex corners rounded, simplified."""
     grown = shapely.buffer(region, -distance, quad_segs=4)
-    return _polygons_only(shapely.make_valid(shapely.simplify(grown, RESOLUTION)))
+    simple = shapely.simplify(grown, RESOLUTION, preserve_topology=False)
+    return polygons_only(shapely.make_valid(simple))
+
+
+def opened(region: BaseGeometry, radius: float) -> BaseGeometry:
+    """Region with every part narrower than 2 * radius removed (morphological opening)."""
+    if region.is_empty or radius <= 0:
+        return polygons_only(region)
+    grown = shapely.buffer(shapely.buffer(region, -radius, quad_segs=2), radius, quad_segs=2)
+    return polygons_only(shapely.make_valid(shapely.intersection(grown, region)))
+
+
+def ring_area(loop: np.ndarray) -> float:
+    """Signed shoelace area of one (m, 2) loop; positive = counter-clockwise."""
+    return float(signed_areas(loop, np.zeros(1, dtype=np.int64))[0])
 
 
 def loops(region: BaseGeometry) -> list[np.ndarray]:

@@ -2,14 +2,19 @@
 
 Every state change goes through `transition`, which enforces `can_transition` inside one
 `BEGIN IMMEDIATE` transaction. On open, a job left active by a dead process becomes
-`interrupted`. The `seen_tokens` table remembers token ids (jti) across restarts.
+`interrupted`. The `journal` holds, per printing job, how many G-code commands the firmware
+acknowledged and the layer in progress (what a resume after a crash starts from).
+The `seen_tokens` table remembers token ids (jti) across restarts.
+Subscribers (`subscribe`) see every committed change, in commit order, outside any transaction.
 """
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +37,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     stats TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+CREATE TABLE IF NOT EXISTS journal (
+    job_id TEXT PRIMARY KEY,
+    acked INTEGER NOT NULL,
+    layer INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS seen_tokens (
     jti BLOB PRIMARY KEY,
     exp INTEGER NOT NULL,
@@ -41,6 +52,7 @@ CREATE TABLE IF NOT EXISTS seen_tokens (
 _COLUMNS = "id, state, progress, layer, layers, error, content_id, created_at, updated_at, stats"
 _FIELDS = {"progress", "layer", "layers", "error", "content_id", "stats"}
 _JSON_FIELDS = {"error", "stats"}
+log = logging.getLogger(__name__)
 REPLAY_KEEP = 3600  # seconds past `exp` a jti is kept (expired tokens fail before the cache)
 
 
@@ -76,7 +88,39 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._subscribers: list[Callable[[JobRecord], None]] = []
+        self._pending: deque[JobRecord] = deque()
+        self._deliver_lock = threading.RLock()
         self.interrupted_at_start = self._interrupt_active()
+
+    def subscribe(self, callback: Callable[[JobRecord], None]) -> None:
+        """Call `callback(record)` after every committed change (create, transition,
+        update_progress), in commit order, outside any DB transaction and lock of the store."""
+        with self._lock:
+            self._subscribers.append(callback)
+
+    def _committed(self, job_id: str) -> None:
+        """Queue the job as just committed (call with `_lock` held, after COMMIT)."""
+        if self._subscribers:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id=?",
+                                   (job_id,)).fetchone()
+            if row:
+                self._pending.append(_record(row))
+
+    def _deliver(self) -> None:
+        """Hand queued records to the subscribers; one deliverer at a time keeps the order."""
+        with self._deliver_lock:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        return
+                    record = self._pending.popleft()
+                    callbacks = list(self._subscribers)
+                for callback in callbacks:
+                    try:
+                        callback(record)
+                    except Exception:  # a listener's bug must not undo a committed change
+                        log.exception("job subscriber failed on %s", record.id)
 
     def close(self) -> None:
         with self._lock:
@@ -107,10 +151,14 @@ class JobStore:
     def create(self, job_id: str) -> tuple[JobRecord, bool]:
         """Insert a `queued` job; returns (record, created). An existing id is returned as is."""
         now = self._clock()
-        with self._tx() as db:
-            cur = db.execute("INSERT OR IGNORE INTO jobs (id, state, created_at, updated_at) "
-                             "VALUES (?, ?, ?, ?)", (job_id, JobState.QUEUED.value, now, now))
-            created = cur.rowcount == 1
+        with self._lock:
+            with self._tx() as db:
+                cur = db.execute("INSERT OR IGNORE INTO jobs (id, state, created_at, updated_at) "
+                                 "VALUES (?, ?, ?, ?)", (job_id, JobState.QUEUED.value, now, now))
+                created = cur.rowcount == 1
+            if created:
+                self._committed(job_id)
+        self._deliver()
         return self.require(job_id), created
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -134,24 +182,49 @@ class JobStore:
     def transition(self, job_id: str, new_state: JobState, **fields: Any) -> JobRecord:
         """Move a job to `new_state` (and set fields) if the state machine allows it."""
         updates = _encode_fields(fields)
-        with self._tx() as db:
-            row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
-            if row is None:
-                raise P3DError(ErrorCode.JOB_NOT_FOUND, f"no job {job_id}")
-            old = JobState(row[0])
-            if not can_transition(old, new_state):
-                raise P3DError(ErrorCode.JOB_STATE,
-                               f"job {job_id} cannot go from {old.value} to {new_state.value}")
-            updates.update(state=new_state.value, updated_at=self._clock())
-            _update(db, job_id, updates)
+        with self._lock:
+            with self._tx() as db:
+                row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+                if row is None:
+                    raise P3DError(ErrorCode.JOB_NOT_FOUND, f"no job {job_id}")
+                old = JobState(row[0])
+                if not can_transition(old, new_state):
+                    raise P3DError(ErrorCode.JOB_STATE, f"job {job_id} cannot go from "
+                                   f"{old.value} to {new_state.value}")
+                updates.update(state=new_state.value, updated_at=self._clock())
+                _update(db, job_id, updates)
+            self._committed(job_id)
+        self._deliver()
         return self.require(job_id)
 
     def update_progress(self, job_id: str, **fields: Any) -> None:
         """Set progress/layer/layers/stats of a job without changing its state."""
         updates = _encode_fields(fields)
         updates["updated_at"] = self._clock()
+        with self._lock:
+            with self._tx() as db:
+                _update(db, job_id, updates)
+            self._committed(job_id)
+        self._deliver()
+
+    def record_acked(self, job_id: str, acked: int, layer: int) -> None:
+        """Journal: the firmware acknowledged the first `acked` commands; `layer` in progress."""
         with self._tx() as db:
-            _update(db, job_id, updates)
+            db.execute("INSERT INTO journal (job_id, acked, layer, updated_at) VALUES (?,?,?,?) "
+                       "ON CONFLICT(job_id) DO UPDATE SET acked=excluded.acked, "
+                       "layer=excluded.layer, updated_at=excluded.updated_at",
+                       (job_id, int(acked), int(layer), self._clock()))
+
+    def acked(self, job_id: str) -> tuple[int, int] | None:
+        """The journal of a job: (commands acknowledged, layer in progress), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT acked, layer FROM journal WHERE job_id=?",
+                                   (job_id,)).fetchone()
+        return (int(row[0]), int(row[1])) if row else None
+
+    def drop_journal(self, job_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM journal WHERE job_id=?", (job_id,))
 
     def remember_token(self, jti: bytes, exp: int) -> bool:
         """Record a token id; False if it was seen before (a replay). Prunes old entries."""

@@ -7,7 +7,13 @@ time: `reserve` fails with PRINTER_BUSY while another job is active (a redeemed 
 capability lives only minutes, so the printer does not queue work behind a long print).
 
 Threads: the worker (this module), plus the HTTP threads calling `cancel`, `pause`, `resume`
-and `status`; `_lock` serialises every state change of the current job between them.
+and `status`; `_lock` serialises every state change of the current job between them. Only the
+worker touches the serial link; between jobs it reads the firmware's temperature reports.
+
+Crash safety: while printing, the journal (`JobStore.record_acked`) holds how many commands
+the firmware acknowledged, written at every layer change. A job the previous process left
+active is `interrupted`; `resume` restarts it from the layer in progress (re-heat, home X/Y,
+restore Z, E, feed rate; `recovery.resume_prelude`), every later line sent exactly once.
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ from gotapi3dp.wire.jobs import JobState
 from .download import DownloadCancelled, download
 from .jobs import JobRecord, JobStore
 from .keys import PrinterKeys
+from .recovery import (Layers, MachineState, load_lines, park, resume_prelude, scan_layers,
+                       state_before, unpark)
 
 if TYPE_CHECKING:
     from .serial_link import SerialLink, StreamStats
@@ -40,6 +48,8 @@ END_SEQUENCE = ("M104 S0", "M140 S0", "M107", "M84")   # heaters off, fan off, m
 MODEL_FORMATS = ("stl", "obj", "3mf")
 CANCEL_WAIT = 20.0          # seconds DELETE waits for the worker to stop the job
 PROGRESS_INTERVAL = 0.5     # seconds between progress writes (each is an fsync'd commit)
+RECONNECT_EVERY = 5.0       # seconds between attempts to open the serial link when idle
+GCODE_NAME = "model.gcode"
 
 SliceFn = Callable[..., "SliceResult"]
 DownloadFn = Callable[..., Path]
@@ -54,10 +64,11 @@ class Work:
     """What the worker needs for one redeemed job."""
 
     job_id: str
-    download_url: str
-    sha256: str                # from the SIGNED claims, never from the server's answer
-    size: int | None           # from the server's content record: a cap, not a proof
-    format: str                # stl, obj or 3mf: the model file's suffix
+    download_url: str = ""
+    sha256: str = ""           # from the SIGNED claims, never from the server's answer
+    size: int | None = None    # from the server's content record: a cap, not a proof
+    format: str = "stl"        # stl, obj or 3mf: the model file's suffix
+    resume: bool = False       # an interrupted job, continued from its journal
 
 
 class JobRunner:
@@ -82,6 +93,7 @@ class JobRunner:
         self._pause = threading.Event()
         self._shutdown = threading.Event()
         self._stats: dict[str, Any] = {}
+        self._link_retry = 0.0                  # monotonic time of the next idle open attempt
         self._thread = threading.Thread(target=self._loop, name="printer:runner", daemon=True)
 
     # ----- lifecycle -------------------------------------------------------------------
@@ -135,6 +147,7 @@ class JobRunner:
             if self._running != job_id:          # not started (or from a past run)
                 record = self._store.transition(job_id, JobState.CANCELLED)
                 self._cleanup(job_id)
+                self._store.drop_journal(job_id)
                 if self._reserved == job_id:
                     self._reserved = None
                 return record
@@ -159,12 +172,25 @@ class JobRunner:
         with self._lock:
             record = self._store.require(job_id)
             if record.state is JobState.INTERRUPTED:
-                raise P3DError(ErrorCode.JOB_STATE, "resuming an interrupted job is not "
-                               "supported; cancel it and print again")
+                return self._resume_interrupted(job_id)
             self._own(job_id, JobState.PAUSED, "resume")
             record = self._store.transition(job_id, JobState.PRINTING)
             self._pause.clear()
             return record
+
+    def _resume_interrupted(self, job_id: str) -> JobRecord:
+        """Continue a crashed job from its journal; the worker sends the recovery prelude."""
+        if not (self._work_dir / job_id / GCODE_NAME).is_file():
+            raise P3DError(ErrorCode.JOB_STATE, f"job {job_id} was interrupted before it "
+                           "was sliced; cancel it and print again")
+        self.reserve(job_id)
+        try:
+            record = self._store.transition(job_id, JobState.PRINTING)
+        except P3DError:
+            self.release(job_id)
+            raise
+        self.submit(Work(job_id, resume=True))
+        return record
 
     def _own(self, job_id: str, state: JobState, what: str) -> None:
         record = self._store.require(job_id)
@@ -173,12 +199,9 @@ class JobRunner:
                            f"in state {record.state.value}")
 
     def temperatures(self) -> dict[str, Any] | None:
-        """The firmware's temperatures, or None if the serial link cannot be opened."""
-        try:
-            return self._ensure_link().temperatures()
-        except (P3DError, OSError) as exc:
-            log.warning("temperatures unavailable: %s", exc)
-            return None
+        """The firmware's temperatures as last reported, or None while no link is open."""
+        link = self._link
+        return link.temperatures() if link is not None else None
 
     # ----- worker ----------------------------------------------------------------------
 
@@ -187,8 +210,9 @@ class JobRunner:
             self._end_sequence()
         while not self._shutdown.is_set():
             try:
-                work = self._queue.get(timeout=0.2)
+                work = self._queue.get(timeout=0.05)
             except queue.Empty:
+                self._idle()
                 continue
             try:
                 self._execute(work)
@@ -198,6 +222,17 @@ class JobRunner:
                     if self._reserved == work.job_id:
                         self._reserved = None
 
+    def _idle(self) -> None:
+        """Between jobs: keep the link open and the temperatures live (M155 / M105)."""
+        if self._link is None and time.monotonic() < self._link_retry:
+            return
+        try:
+            self._ensure_link().idle()
+        except (P3DError, OSError) as exc:
+            log.warning("serial link idle: %s", exc)
+            self._link_retry = time.monotonic() + RECONNECT_EVERY
+            self._close_link()
+
     def _execute(self, work: Work) -> None:
         """Run one job to its end; a job that printed and did not complete is made safe
         (heaters and motors off) before its final state is written."""
@@ -205,6 +240,12 @@ class JobRunner:
         printing = False
         self._stats = {}
         try:
+            if work.resume:
+                printing = self._begin_resume(work.job_id)
+                if printing:
+                    self._print_from_journal(work.job_id, job_dir / GCODE_NAME)
+                    self._complete(work.job_id)
+                return
             if not self._begin(work.job_id):
                 return
             job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -240,6 +281,36 @@ class JobRunner:
             self._store.transition(job_id, JobState.DOWNLOADING)
             return True
 
+    def _begin_resume(self, job_id: str) -> bool:
+        with self._lock:
+            if self._shutdown.is_set() or self._store.require(job_id).state.terminal:
+                return False
+            self._cancel.clear()
+            self._pause.clear()
+            self._running = job_id
+            return True
+
+    def _print_from_journal(self, job_id: str, gcode: Path) -> None:
+        """Marlin power-loss recovery from the journal: the layer in progress again."""
+        lines = load_lines(gcode)
+        layers = scan_layers(lines)
+        acked, _ = self._store.acked(job_id) or (0, 0)
+        layer = layers.layer_at(acked)
+        start = layers.start_of(layer)
+        prelude = resume_prelude(state_before(lines, start), state_before(lines, acked).pos["Z"])
+        log.info("job %s resumes at layer %d (command %d of %d; %d acknowledged)",
+                 job_id, layer, start, layers.total, acked)
+        link = self._ensure_link()
+        try:
+            link.stream(prelude, cancel=self._cancel)
+        except P3DError:
+            self._close_link()
+            raise
+        if self._cancel.is_set():
+            raise Cancelled()
+        record = self._store.require(job_id)
+        self._print(job_id, gcode, record.view.layers, start=start, lines=lines)
+
     def _step(self, job_id: str, state: JobState, **fields: Any) -> None:
         with self._lock:
             if self._cancel.is_set():
@@ -273,18 +344,22 @@ class JobRunner:
                            f"slicer failed ({type(exc).__name__})") from None
         return gcode, int(result.layers)
 
-    def _print(self, job_id: str, gcode: Path, layers: int) -> None:
-        total = count_commands(gcode)
-        tracker = _PrintTracker(_ProgressWriter(self._store, job_id), total, layers)
+    def _print(self, job_id: str, gcode: Path, layers: int, start: int = 0,
+               lines: list[str] | None = None) -> None:
+        """Stream the G-code from command `start` on, journaling what the firmware acked."""
+        lines = load_lines(gcode) if lines is None else lines
+        marks = scan_layers(lines)
+        tracker = _PrintTracker(_ProgressWriter(self._store, job_id), marks, layers,
+                                start, state_before(lines, start))
+        tracker.journal()
         link = self._ensure_link()
-        with open(gcode, encoding="utf-8", errors="replace") as fh:
-            try:
-                stats = link.stream(tracker.pull(fh), on_sent=tracker.sent,
-                                    cancel=self._cancel, pause=self._pause)
-            except P3DError:
-                self._stats = tracker.stats()
-                self._close_link()
-                raise
+        try:
+            stats = link.stream(tracker.pull(lines), on_sent=tracker.sent, cancel=self._cancel,
+                                pause=self._pause, park=tracker.park)
+        except P3DError:
+            self._stats = tracker.stats()
+            self._close_link()
+            raise
         self._stats = _stats_map(stats)
         tracker.flush(stats=self._stats)
         if self._cancel.is_set():
@@ -303,6 +378,7 @@ class JobRunner:
         with self._lock:
             if state.terminal:
                 self._cleanup(job_id)
+                self._store.drop_journal(job_id)
             try:
                 self._store.transition(job_id, state, stats=self._stats, **fields)
             except P3DError as exc:      # already ended elsewhere (e.g. cancelled before start)
@@ -367,35 +443,69 @@ class _ProgressWriter:
             self._store.update_progress(self._job_id, **fields)
             self._last, self._layer = now, layer
 
+    def journal(self, acked: int, layer: int) -> None:
+        self._store.record_acked(self._job_id, acked, layer)
+
 
 class _PrintTracker:
-    """Current layer from `;LAYER:n` comments as lines are pulled; progress from acks."""
+    """Layer, progress and journal from the commands the firmware acknowledged; the machine
+    state at the last acknowledged command (to park a paused print and come back)."""
 
-    def __init__(self, writer: _ProgressWriter, total: int, layers: int) -> None:
-        self._writer, self._total, self._layers = writer, max(total, 1), layers
-        self.layer = 0
-        self.acked = 0
+    def __init__(self, writer: _ProgressWriter, marks: Layers, layers: int, start: int = 0,
+                 state: MachineState | None = None) -> None:
+        self._writer, self._marks, self._layers = writer, marks, layers
+        self._total = max(marks.total, 1)
+        self._start = start
+        self._unapplied: list[str] = []
+        self.state = state or MachineState()
+        self.acked = start                  # commands of the file acknowledged
+        self.layer = self._layer_of(start)
 
     def pull(self, lines: Iterable[str]) -> Iterator[str]:
+        """The file's lines from command `start` on (comments pass through; `commands`
+        drops them), remembering commands until they are acknowledged."""
+        count = 0
         for raw in lines:
-            line = raw.rstrip("\r\n")
-            if line.startswith(";LAYER:"):
-                number = line[len(";LAYER:"):].strip()
-                if number.isdigit():
-                    self.layer = min(int(number) + 1, self._layers or int(number) + 1)
-            yield line
+            command = raw.split(";", 1)[0].strip()
+            if command:
+                count += 1
+                if count <= self._start:
+                    continue
+                self._unapplied.append(command)
+            yield raw
 
     def sent(self, count: int) -> None:
-        self.acked = count
+        done = self._start + count
+        for command in self._unapplied[:done - self.acked]:
+            self.state.apply(command)
+        del self._unapplied[:done - self.acked]
+        self.acked = done
+        layer = self._layer_of(done)
+        if layer != self.layer:
+            self.layer = layer
+            self.journal()
         self._writer.write(progress=self.progress(), layer=self.layer)
+
+    def journal(self) -> None:
+        self._writer.journal(self.acked, self.layer)
+
+    def park(self) -> tuple[list[str], list[str]]:
+        return park(self.state), unpark(self.state)
+
+    def _layer_of(self, acked: int) -> int:
+        """Layer in progress once `acked` commands ran (that of the next command)."""
+        layer = self._marks.layer_at(acked)
+        return min(layer, self._layers) if self._layers else layer
 
     def progress(self) -> float:
         return 100.0 * self.acked / self._total
 
     def stats(self) -> dict[str, Any]:
-        return {"linesSent": self.acked, "resends": 0, "checksumErrors": 0, "printSeconds": 0.0}
+        return {"linesSent": self.acked - self._start, "resends": 0, "checksumErrors": 0,
+                "printSeconds": 0.0}
 
     def flush(self, **fields: Any) -> None:
+        self.journal()
         self._writer.write(force=True, progress=self.progress(), layer=self.layer, **fields)
 
 

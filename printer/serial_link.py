@@ -4,6 +4,11 @@
 per `ok`, or a window when the firmware answers ADVANCED_OK), resend requests, timeouts. It does
 no I/O and owns no clock: the caller passes `now` and writes what it is given. `SerialLink` owns
 the pyserial port and nothing else: it reads reply lines into the sender and writes its output.
+
+A lost `ok` is found by a probe: current Marlin drops a repeated line without a word, so on a
+timeout the sender writes a new numbered `M105`. Its `ok T:..` acknowledges every line before
+it; if a line was lost, the firmware's `Resend:` for it says where to go back to. Every stream
+ends with such a probe, so "done" means the firmware holds every line.
 """
 from __future__ import annotations
 
@@ -22,8 +27,12 @@ from .gcode import (Busy, ErrorKind, FirmwareError, Ok, Reply, Resend, Start, Te
 
 HISTORY = 1024              # lines kept for resend requests
 RX_BUDGET = 127             # bytes of unacknowledged lines allowed (Marlin RX_BUFFER_SIZE 128)
+TRUST_BELOW = 16            # a resend this far below the acknowledged line is line noise
 RESEND_OK_WAIT = 0.5        # seconds to wait for the `ok` that may follow `Resend:`
 MAX_TIMEOUTS = 5            # consecutive ok timeouts before the firmware is considered dead
+PROBE = "M105"              # the command a probe sends (its `ok` carries temperatures)
+AUTOREPORT = 2              # M155 S<n>: seconds between temperature auto-reports
+POLL_EVERY = 5.0            # idle: M105 when no temperature was heard for this long
 QUEUE_AHEAD = 8             # commands the link queues in the sender ahead of sending
 READ_TIMEOUT = 0.02         # seconds one port read may block
 
@@ -34,6 +43,7 @@ class SenderCounters:
     resends: int = 0          # lines written again, after a resend request or a timeout
     checksum_errors: int = 0  # line errors reported by the firmware
     timeouts: int = 0         # ok timeouts
+    probes: int = 0           # M105 probes written to find where the firmware is
 
 
 class LineSender:
@@ -57,7 +67,13 @@ class LineSender:
         self.acked = first_number - 1          # every line up to this number is acknowledged
         self._next = first_number              # number the next queued command gets
         self._last_sent = first_number - 1     # highest number written so far
-        self._pending: deque[bytes] = deque()  # framed, numbered, not yet written
+        self._pending: deque[str] = deque()    # commands not yet written (numbered on write)
+        self._urgent = 0                       # pending commands at the front sent even paused
+        self._probe_due = False
+        self._probes: set[int] = set()         # numbers of M105 lines (their ok says T:)
+        self._host: set[int] = set()           # numbers of lines the sender or link added
+        self.acked_queued = 0                  # acknowledged lines that came from `queue`
+        self.emergency = False                 # the failure calls for M112
         self._history: dict[int, bytes] = {}
         self._in_flight: deque[tuple[int, int]] = deque()  # (number, size) awaiting ok
         self._replay: int | None = None        # next number to re-send from history
@@ -69,19 +85,32 @@ class LineSender:
         self._resend_count = 0
         self._stale = 0                        # repeats of that request still in transit
         self._timeouts = 0
+        self._untrusted = 0                    # resend requests past the last line sent
 
     # ------------------------------------------------------------ input
     def queue(self, command: str) -> int:
         """Number and frame one command for sending; returns its line number."""
         number = self._next
         self._next += 1
-        self._pending.append(format_line(number, command))
+        self._pending.append(command)
         return number
+
+    def queue_first(self, commands: list[str]) -> None:
+        """Put host commands (parking) ahead of everything queued; they go out even paused."""
+        self._pending.extendleft(reversed(commands))
+        self._urgent += len(commands)
+        self._next += len(commands)
+
+
+    def probe(self) -> None:
+        """Ask where the firmware is: a numbered M105 goes out next, credit or not."""
+        self._probe_due = True
 
     def drop_pending(self) -> None:
         """Forget queued commands not yet written (cancel); written lines are still delivered."""
         self._pending.clear()
-        self._next = self._last_sent + 1
+        self._urgent = 0
+        self._next = self._last_sent + 1 + int(self._probe_due)
 
     @property
     def pending(self) -> int:
@@ -92,9 +121,15 @@ class LineSender:
         return self._next
 
     @property
+    def in_flight(self) -> int:
+        """Lines written and not yet acknowledged (or queued for a re-send)."""
+        return len(self._in_flight) + (1 if self._replay is not None else 0)
+
+    @property
     def idle(self) -> bool:
         """Nothing queued, nothing in flight, nothing to re-send."""
-        return not self._pending and self._replay is None and self.acked >= self._last_sent
+        return (not self._pending and self._replay is None and not self._probe_due
+                and self.acked >= self._last_sent)
 
     def feed(self, line: str, now: float) -> Reply:
         """Take one reply line from the firmware; returns it parsed."""
@@ -127,34 +162,51 @@ class LineSender:
         if self._error_oks and now < self._error_ok_until:
             return None
         self._error_oks = 0
+        if self._deadline is None and self._in_flight:
+            self._deadline = now + self.ok_timeout      # never wait without a timer
+        if self._probe_due:                             # goes first, credit or not
+            self._probe_due = False
+            self.counters.probes += 1
+            self._host.add(self._last_sent + 1)
+            return self._send_new(PROBE, now)
         if self._replay is not None:
             return self._send_replay(now)
-        if allow_new and self._pending and self._has_credit(len(self._pending[0])):
-            data = self._pending.popleft()
-            self._last_sent += 1
-            self._remember(self._last_sent, data)
+        if not self._pending or not (allow_new or self._urgent):
+            return None
+        data = format_line(self._last_sent + 1, self._pending[0])
+        if not self._has_credit(len(data)):
+            return None
+        if self._urgent:
+            self._urgent -= 1
+            self._host.add(self._last_sent + 1)
+        else:
             self.counters.lines_sent += 1
-            return self._transmit(self._last_sent, data, now)
-        return None
+        return self._send_new(self._pending.popleft(), now)
+
+    def _send_new(self, command: str, now: float) -> bytes:
+        self._last_sent += 1
+        data = format_line(self._last_sent, command)
+        self._remember(self._last_sent, data)
+        if command.split(" ", 1)[0].upper() == PROBE:
+            self._probes.add(self._last_sent)
+        return self._transmit(self._last_sent, data, now)
 
     def on_timeout(self, now: float) -> None:
-        """No `ok` in time: re-send every unacknowledged line with its own number.
+        """No `ok` in time: probe with a new numbered M105 (see the module docstring).
 
-        The firmware silently discards a repeat of its last line, so a lost `ok` costs one
-        re-send; a lost line is simply delivered again.
+        Re-sending the same line would not do: current Marlin drops a repeat of its last line
+        silently, so a lost `ok` would never be answered.
         """
         self.counters.timeouts += 1
         self._timeouts += 1
         self._deadline = None
         if self._timeouts > self.max_timeouts:
             self._fail(f"no response from the printer after {self._timeouts - 1} "
-                       f"consecutive timeouts of {self.ok_timeout:g} s")
+                       f"consecutive timeouts of {self.ok_timeout:g} s", stop=True)
             return
         self._stale = 0
         self._error_oks = 0
-        oldest = self._in_flight[0][0] if self._in_flight else self.acked + 1
-        if oldest <= self._last_sent:
-            self._rewind(oldest)
+        self._probe_due = True
 
     def wake_at(self) -> float | None:
         """When the sender next needs `next_to_send` without a new reply (a timer expiring)."""
@@ -188,6 +240,8 @@ class LineSender:
     def _remember(self, number: int, data: bytes) -> None:
         self._history[number] = data
         self._history.pop(number - HISTORY, None)
+        self._probes.discard(number - HISTORY)
+        self._host.discard(number - HISTORY)
 
     def _on_ok(self, ok: Ok, now: float) -> None:
         self._timeouts = 0
@@ -195,7 +249,11 @@ class LineSender:
             self.temperatures = ok.temperatures
         if ok.buffer is not None:
             self._window = max(1, ok.buffer)
-        if self._error_oks:
+        probe = self._probe_in_flight() if ok.temperatures is not None else None
+        if probe is not None:                    # an M105 answered: all before it arrived
+            self._error_oks = 0
+            self._ack_through(probe)
+        elif self._error_oks:
             self._error_oks -= 1                 # the `ok` that closes an error/resend
             if ok.line is not None:
                 self._ack_through(ok.line)
@@ -205,23 +263,40 @@ class LineSender:
             self._ack(self._in_flight.popleft()[0])
         self._deadline = now + self.ok_timeout if self._in_flight else None
 
+    def _probe_in_flight(self) -> int | None:
+        return next((n for n, _ in self._in_flight if n in self._probes), None)
+
     def _ack_through(self, number: int) -> None:
         while self._in_flight and self._in_flight[0][0] <= number:
             self._ack(self._in_flight.popleft()[0])
-        self.acked = max(self.acked, min(number, self._last_sent))
+        self._advance(min(number, self._last_sent))
+
+    def _advance(self, number: int) -> None:
+        """Everything up to `number` is acknowledged; count the queued lines among them."""
+        for n in range(self.acked + 1, number + 1):
+            if n not in self._host:
+                self.acked_queued += 1
+        self.acked = max(self.acked, number)
 
     def _ack(self, number: int) -> None:
-        self.acked = max(self.acked, number)
+        self._advance(number)
         if self._resend_line is not None and number >= self._resend_line:
             self._resend_line, self._resend_count, self._stale = None, 0, 0
 
     def _on_resend(self, number: int, now: float) -> None:
+        if not self._trusted(number):            # line noise? ask the firmware again
+            self.counters.checksum_errors += 1
+            self._untrusted += 1
+            if self._untrusted > self.max_resends:
+                self._fail(f"printer requested line {number}, but only {self._last_sent} were "
+                           f"sent and {self.acked} acknowledged ({self._untrusted} times)",
+                           stop=True)
+            self._probe_due = True
+            return
+        self._untrusted = 0
         self._error_oks += 1
         self._error_ok_until = now + self.resend_ok_wait
-        if number > self._last_sent + 1:
-            self._fail(f"printer requested line {number}, but only {self._last_sent} were sent")
-            return
-        self.acked = max(self.acked, number - 1)   # the firmware holds everything before it
+        self._advance(number - 1)                  # the firmware holds everything before it
         if number == self._last_sent + 1:          # it has every line: a repeat got through
             self._in_flight.clear()
             self._replay = None
@@ -229,17 +304,20 @@ class LineSender:
         if number == self._resend_line and self._stale > 0:
             self._stale -= 1                       # caused by a line sent before the rewind
             return
-        if number not in self._history:
-            self._fail(f"printer requested line {number}, no longer in the resend history")
-            return
         self._resend_count = self._resend_count + 1 if number == self._resend_line else 1
         self._resend_line = number
         if self._resend_count > self.max_resends:
             self._fail(f"printer keeps requesting line {number} again and again "
-                       f"({self._resend_count - 1} resends), communication stuck")
+                       f"({self._resend_count - 1} resends), communication stuck", stop=True)
             return
         self._stale = sum(1 for n, _ in self._in_flight if n > number)
         self._rewind(number)
+
+    def _trusted(self, number: int) -> bool:
+        """A resend request is believed if it asks for a line sent and still in history, not
+        far below what the firmware acknowledged (a dropped digit turns 1547 into 147)."""
+        return (number <= self._last_sent + 1 and number >= self.acked - TRUST_BELOW
+                and (number in self._history or number == self._last_sent + 1))
 
     def _rewind(self, number: int) -> None:
         self._in_flight.clear()
@@ -255,9 +333,11 @@ class LineSender:
         else:
             self.counters.checksum_errors += 1     # a Resend line follows
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, stop: bool = False) -> None:
+        """Give up; `stop`: the firmware may be running wild, so it gets M112."""
         if self.failure is None:
             self.failure = message
+            self.emergency = stop
 
 
 @dataclass
@@ -267,6 +347,7 @@ class StreamStats:
     checksum_errors: int
     timeouts: int
     seconds: float
+    probes: int = 0
 
 
 def commands(lines: Iterable[str]) -> Iterator[str]:
@@ -296,11 +377,13 @@ class SerialLink:
         self._sender = LineSender(ok_timeout=ok_timeout, max_resends=max_resends)
         self._rx = bytearray()
         self._temps: dict = Temperatures().as_dict()
+        self._heard = 0.0                      # monotonic time of the last temperature report
         self._replies: list[str] | None = None
 
     # ------------------------------------------------------------ lifecycle
     def open(self) -> None:
-        """Open the port and reset the line number with `M110 N0` (re-sent after `start`)."""
+        """Open the port, reset the line number with `M110 N0` (re-sent after `start`), turn
+        on temperature auto-reports (`M155`) and read the temperatures once."""
         try:
             self._serial = serial.serial_for_url(self.port, baudrate=self.baud,
                                                  timeout=READ_TIMEOUT)
@@ -313,6 +396,12 @@ class SerialLink:
             raise
         self._sender = LineSender(first_number=1, ok_timeout=self.ok_timeout,
                                   max_resends=self.max_resends)
+        try:
+            self.command(f"M155 S{AUTOREPORT}")
+            self.command(PROBE)
+        except P3DError:
+            self.close()
+            raise
 
     def close(self) -> None:
         port, self._serial = self._serial, None
@@ -357,19 +446,22 @@ class SerialLink:
 
     # ------------------------------------------------------------ streaming
     def stream(self, lines: Iterable[str], on_sent: Callable[[int], None] | None = None,
-               cancel: threading.Event | None = None,
-               pause: threading.Event | None = None) -> StreamStats:
-        """Send every command of `lines` and wait for all to be acknowledged.
+               cancel: threading.Event | None = None, pause: threading.Event | None = None,
+               park: Callable[[], tuple[list[str], list[str]]] | None = None) -> StreamStats:
+        """Send every command of `lines` and wait until the firmware holds them all.
 
-        Returns early once `cancel` is set (lines already written are still delivered, no new
-        ones); while `pause` is set no new line is written. Raises P3DError(SERIAL_LINK).
+        `on_sent(n)`: the first n commands are acknowledged. Returns early once `cancel` is
+        set (lines already written are still delivered, no new ones). While `pause` is set no
+        new line is written; once those in flight are done, `park()` gives the commands that
+        park the head and those that bring it back on resume. Raises P3DError(SERIAL_LINK).
         """
         sender = self._sender
         before = SenderCounters(**vars(sender.counters))
         started = time.monotonic()
-        first = sender.next_number
+        base = sender.acked_queued
         source = commands(lines)
-        exhausted, reported = False, 0
+        exhausted, reported, synced = False, 0, False
+        back: list[str] | None = None
         while True:
             if cancel is not None and cancel.is_set():
                 sender.drop_pending()
@@ -381,22 +473,40 @@ class SerialLink:
                     exhausted = True
                 else:
                     sender.queue(command)
-            self._pump(allow_new=pause is None or not pause.is_set())
-            done = max(0, sender.acked - first + 1)
+            paused = pause is not None and pause.is_set()
+            if paused and back is None and park is not None and sender.in_flight == 0:
+                ahead, back = park()
+                sender.queue_first(ahead)
+            elif not paused and back is not None:
+                sender.queue_first(back)
+                back = None
+            self._pump(allow_new=not paused)
+            done = sender.acked_queued - base
             if on_sent is not None and done != reported:
                 reported = done
                 on_sent(done)
             if exhausted and sender.idle:
-                break
+                if synced:
+                    break
+                sender.probe()          # "done" only once an M105 behind the last line is ok
+                synced = True
         return self._stats(before, started)
+
+    def idle(self) -> None:
+        """Between jobs: read what the firmware says (auto-reports, ~READ_TIMEOUT); send M105
+        when no temperature was heard for POLL_EVERY, so the status stays live."""
+        self._pump(allow_new=False)
+        if time.monotonic() - self._heard > POLL_EVERY:
+            self._heard = time.monotonic()
+            self.command(PROBE)
 
     def command(self, cmd: str, timeout: float = 10.0) -> list[str]:
         """Send one numbered command and wait for its `ok`; returns the reply lines seen."""
-        number = self._sender.queue(strip_comment(cmd))
+        self._sender.queue(strip_comment(cmd))
         self._replies = []
         deadline = time.monotonic() + timeout
         try:
-            while self._sender.acked < number:
+            while not self._sender.idle:
                 if time.monotonic() > deadline:
                     raise P3DError(ErrorCode.SERIAL_LINK, f"no ok for {cmd!r} within {timeout:g} s")
                 self._pump(allow_new=True)
@@ -417,6 +527,7 @@ class SerialLink:
                            resends=now.resends - before.resends,
                            checksum_errors=now.checksum_errors - before.checksum_errors,
                            timeouts=now.timeouts - before.timeouts,
+                           probes=now.probes - before.probes,
                            seconds=time.monotonic() - started)
 
     # ------------------------------------------------------------ the I/O loop
@@ -425,8 +536,7 @@ class SerialLink:
         sender = self._sender
         while (data := sender.next_to_send(time.monotonic(), allow_new)) is not None:
             self._write(data)
-        if sender.failure is not None:
-            raise P3DError(ErrorCode.SERIAL_LINK, sender.failure)
+        self._check(sender)
         line = self._read_line()
         if line is None:
             return
@@ -436,8 +546,19 @@ class SerialLink:
         temps = getattr(reply, "temperatures", None)
         if temps is not None:
             self._update_temperatures(temps)
-        if sender.failure is not None:
-            raise P3DError(ErrorCode.SERIAL_LINK, sender.failure)
+        self._check(sender)
+
+    def _check(self, sender: LineSender) -> None:
+        """Raise the sender's failure; one that leaves the firmware unruly gets M112 first."""
+        if sender.failure is None:
+            return
+        if sender.emergency:
+            sender.emergency = False
+            try:
+                self._write(b"M112\n")      # unnumbered: Marlin's emergency parser takes it
+            except P3DError:
+                pass
+        raise P3DError(ErrorCode.SERIAL_LINK, sender.failure)
 
     def _update_temperatures(self, temps: Temperatures) -> None:
         merged = {k: dict(v) for k, v in self._temps.items()}
@@ -446,6 +567,7 @@ class SerialLink:
                 if value is not None:
                     merged[heater][key] = value
         self._temps = merged
+        self._heard = time.monotonic()
         if self.on_temperature is not None:
             self.on_temperature(self.temperatures())
 

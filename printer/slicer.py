@@ -1,42 +1,44 @@
-"""FDM slicer: a mesh file in, Marlin G-code out, generated and streamed one layer at a time.
+"""FDM slicer: a mesh file in, Marlin G-code out, streamed one layer at a time.
 
-`load_mesh` reads and checks the model and places it on the bed; `iter_layers` sections every
-layer plane at once (`geometry.section`) and then yields each layer's G-code lazily, so the
-printer can stream while slicing; `slice_file` writes a whole job atomically. Per layer: the
-outline (nonzero winding of the section rings), `perimeters` walls by inward offsets printed
-inside out, rectilinear sparse infill at +/- `infill_angle`, travels with retraction.
+`load_mesh` reads and checks the model and places it on the bed; `stream_gcode` sections
+every layer plane at once (`geometry.section`), plans batches of layers in a pool of worker
+processes (`layer_plan.plan_batch`: walls, skin, infill, skirt) and emits each layer's G-code
+in order (`toolhead.Toolhead`) as soon as it is planned, so the printer can start on layer 0
+while later layers are still being planned. `slice_file` writes a whole job atomically on
+top of the stream, with a Cura-style header.
 """
 from __future__ import annotations
 
 import contextlib
-import io
+import dataclasses
 import math
+import multiprocessing
 import os
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 import trimesh
 
-from gotapi3dp import __version__
 from gotapi3dp.config import SliceProfile
 from gotapi3dp.fsutil import fsync_dir
 from gotapi3dp.threemf import ModelError, read_3mf
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 
-from . import geometry
+from . import geometry, layer_plan, toolhead
+from .toolhead import Toolhead
 
-RETRACT_MIN_TRAVEL = 2.0     # mm: travels longer than this retract first
-INFILL_OVERLAP = 0.15        # fraction of a line width the infill overlaps the innermost wall
-Z_SPEED = 10.0               # mm/s for layer changes (time estimate and feed rate)
+MIN_BATCH, MAX_BATCH = 8, 24  # layers per planner batch (skin needs a margin of layers)
+WINDOW = 3                   # batches per worker planned ahead of the consumer
 MIN_EXTENT = 1e-3            # mm: a model thinner than this on any axis is flat
 MIN_VOLUME = 1e-3            # mm^3: a closed model enclosing less than this is empty
 FIT_TOLERANCE = 1e-6         # mm: rounding slack when comparing the model with the bed
 MESH_SUFFIXES = ("stl", "obj", "3mf")
-_WALL_OUTER, _WALL_INNER, _FILL = "WALL-OUTER", "WALL-INNER", "FILL"
 
 
 @dataclass
@@ -49,6 +51,7 @@ class SliceResult:
     bounds: tuple[tuple[float, float], tuple[float, float]]   # XY min/max of extruding moves
     filament_mm: float
     estimated_seconds: float
+    filament_g: float = 0.0
 
 
 # ---------------------------------------------------------------------------- loading
@@ -151,173 +154,15 @@ def layer_tops(count: int, profile: SliceProfile) -> np.ndarray:
     return profile.first_layer_height + profile.layer_height * np.arange(count)
 
 
-def layer_thickness(index: int, profile: SliceProfile) -> float:
-    return profile.first_layer_height if index == 0 else profile.layer_height
+layer_thickness = layer_plan.layer_thickness
 
 
-@dataclass
-class Island:
-    """One connected piece of a layer: wall loops by level (0 = outer) and infill segments.
+def section_layers(mesh: trimesh.Trimesh, profile: SliceProfile) -> tuple[geometry.Rings,
+                                                                          np.ndarray]:
+    """Section rings of every layer's mid-plane, and the (count,) float layer tops.
 
-    walls : list over levels of lists of (m, 2) float loops; infill : (k, 2, 2) float
+    Raises P3DError(MODEL_INVALID) if no layer plane meets a closed part of the mesh.
     """
-
-    walls: list[list[np.ndarray]]
-    infill: np.ndarray
-
-
-def plan_layer(region: object, index: int, profile: SliceProfile) -> list[Island]:
-    """Walls and infill of every island of one layer's outline."""
-    width = profile.line_width
-    density = min(max(profile.infill_density, 0.0), 1.0)
-    angle = profile.infill_angle if index % 2 == 0 else -profile.infill_angle
-    planned = []
-    for piece in geometry.islands(region):
-        walls = [geometry.loops(geometry.inset(piece, width * (level + 0.5)))
-                 for level in range(profile.perimeters)]
-        depth = width * (profile.perimeters - INFILL_OVERLAP) if profile.perimeters else width / 2
-        infill = (geometry.rectilinear(geometry.inset(piece, depth), width / density, angle)
-                  if density > 0 else np.zeros((0, 2, 2)))
-        if any(walls) or len(infill):
-            planned.append(Island([w for w in walls if w], infill))
-    return planned
-
-
-# ---------------------------------------------------------------------------- G-code
-
-
-@dataclass
-class Toolhead:
-    """Absolute-E G-code state (position, E, retraction) and the running totals."""
-
-    profile: SliceProfile
-    xy: np.ndarray = field(default_factory=lambda: np.zeros(2))
-    z: float = 0.0
-    e: float = 0.0
-    retracted: bool = False
-    first_layer: bool = True
-    e_per_mm: float = 0.0
-    filament_mm: float = 0.0
-    seconds: float = 0.0
-    low: np.ndarray = field(default_factory=lambda: np.full(2, np.inf))
-    high: np.ndarray = field(default_factory=lambda: np.full(2, -np.inf))
-    kind: str = ""
-
-    def start_layer(self, index: int, z: float, out: list[str]) -> None:
-        p = self.profile
-        area = math.pi * (p.filament_diameter / 2.0) ** 2
-        self.e_per_mm = p.line_width * layer_thickness(index, p) / area
-        self.first_layer, self.kind = index == 0, ""
-        self.filament_mm += self.e
-        out += [f";LAYER:{index}"] + (["M106 S255"] if index == 1 else [])
-        out += [f"G0 F{Z_SPEED * 60:.0f} Z{z:.3f}", "G92 E0"]
-        self.seconds += abs(z - self.z) / Z_SPEED
-        self.z, self.e = z, 0.0
-
-    def finish(self) -> None:
-        self.filament_mm += self.e
-        self.e = 0.0
-
-    def travel(self, target: np.ndarray, out: list[str]) -> None:
-        p = self.profile
-        distance = float(np.hypot(*(target - self.xy)))
-        if distance < 1e-6:
-            return
-        long = distance > RETRACT_MIN_TRAVEL and p.retract_length > 0
-        if long:
-            out.append(f"G1 F{p.retract_speed * 60:.0f} E{self.e - p.retract_length:.5f}")
-        out.append(f"G0 F{p.travel_speed * 60:.0f} X{target[0]:.3f} Y{target[1]:.3f}")
-        if long:
-            out.append(f"G1 F{p.retract_speed * 60:.0f} E{self.e:.5f}")
-            self.seconds += 2 * p.retract_length / p.retract_speed
-        self.seconds += distance / p.travel_speed
-        self.xy = np.asarray(target, dtype=np.float64)
-
-    def extrude(self, points: np.ndarray, kind: str, out: list[str]) -> None:
-        """Travel to points[0], then print through the rest; points is (m, 2) float."""
-        if len(points) < 2:
-            return
-        self.travel(points[0], out)
-        if kind != self.kind:
-            out.append(f";TYPE:{kind}")
-            self.kind = kind
-        p = self.profile
-        speed = p.first_layer_speed if self.first_layer else p.print_speed
-        lengths = np.hypot(*np.diff(points, axis=0).T)
-        e = self.e + np.cumsum(lengths) * self.e_per_mm
-        rows = zip(points[1:, 0].tolist(), points[1:, 1].tolist(), e.tolist())
-        moves = [f"G1 X{x:.3f} Y{y:.3f} E{ev:.5f}" for x, y, ev in rows]
-        moves[0] = f"G1 F{speed * 60:.0f} " + moves[0][3:]
-        out += moves
-        self.e, self.xy = float(e[-1]), points[-1]
-        self.seconds += float(lengths.sum()) / speed
-        self.low = np.minimum(self.low, points.min(axis=0))
-        self.high = np.maximum(self.high, points.max(axis=0))
-
-    def print_island(self, island: Island, out: list[str]) -> None:
-        """Walls from the innermost level out (outer wall last), then infill."""
-        for level in range(len(island.walls) - 1, -1, -1):
-            kind = _WALL_OUTER if level == 0 else _WALL_INNER
-            remaining = list(island.walls[level])
-            while remaining:
-                loop = remaining.pop(self._nearest_loop(remaining))
-                start = int(np.argmin(np.hypot(*(loop - self.xy).T)))
-                self.extrude(np.vstack([np.roll(loop, -start, axis=0), loop[start:start + 1]]),
-                             kind, out)
-        segments = island.infill
-        if len(segments) and (np.hypot(*(segments[-1, 1] - self.xy))
-                              < np.hypot(*(segments[0, 0] - self.xy))):
-            segments = segments[::-1, ::-1]
-        for segment in segments:
-            self.extrude(segment, _FILL, out)
-
-    def _nearest_loop(self, loops: list[np.ndarray]) -> int:
-        return int(np.argmin([np.hypot(*(loop - self.xy).T).min() for loop in loops]))
-
-
-def start_gcode(profile: SliceProfile) -> list[str]:
-    bed, hotend = profile.bed_temp, profile.hotend_temp
-    return [f"M140 S{bed:.0f}", f"M104 S{hotend:.0f}", f"M190 S{bed:.0f}", f"M109 S{hotend:.0f}",
-            "G28", "G90", "M82", "G92 E0", "M107"]
-
-
-def end_gcode(profile: SliceProfile) -> list[str]:
-    """Retract (E reset first: absolute E), heaters and fan off, lift 10 mm, motors off."""
-    retract = f"G1 F{profile.retract_speed * 60:.0f} E-{profile.retract_length:.5f}"
-    return [";END_GCODE", "G92 E0", retract,
-            "M104 S0", "M140 S0", "M107", "G91", "G1 Z10 F600", "G90", "M84"]
-
-
-def header(head: Toolhead, layers: int, height: float) -> list[str]:
-    (x0, y0), (x1, y1) = _bounds(head)
-    return [";FLAVOR:Marlin", f";TIME:{round(head.seconds)}",
-            f";Filament used: {head.filament_mm / 1000.0:.5f}m",
-            f";Layer height: {head.profile.layer_height}",
-            f";MINX:{x0:.3f}", f";MINY:{y0:.3f}", ";MINZ:0", f";MAXX:{x1:.3f}",
-            f";MAXY:{y1:.3f}", f";MAXZ:{height:.3f}", f";Generated with gotapi-3dp {__version__}"]
-
-
-def _bounds(head: Toolhead) -> tuple[tuple[float, float], tuple[float, float]]:
-    if not np.isfinite(head.low).all():
-        return (0.0, 0.0), (0.0, 0.0)
-    return (float(head.low[0]), float(head.low[1])), (float(head.high[0]), float(head.high[1]))
-
-
-# ---------------------------------------------------------------------------- slicing
-
-
-def iter_layers(mesh: trimesh.Trimesh,
-                profile: SliceProfile) -> Iterator[tuple[int, float, list[str]]]:
-    """(index, z, G-code lines) of each layer, generated lazily; sections eagerly.
-
-    The mesh must already be placed on the bed (`load_mesh`). Raises P3DError(MODEL_INVALID)
-    at once if no layer plane meets a closed part of the mesh.
-    """
-    return _layers(mesh, profile, Toolhead(profile))
-
-
-def _layers(mesh: trimesh.Trimesh, profile: SliceProfile,
-            head: Toolhead) -> Iterator[tuple[int, float, list[str]]]:
     count = count_layers(float(mesh.bounds[1, 2]), profile)
     tops = layer_tops(count, profile)
     mids = tops - np.array([layer_thickness(i, profile) for i in range(count)]) / 2.0
@@ -326,46 +171,248 @@ def _layers(mesh: trimesh.Trimesh, profile: SliceProfile,
     if len(rings.layer) == 0:
         raise P3DError(ErrorCode.MODEL_INVALID,
                        "nothing printable: no layer cuts a closed part of the model")
-    return _generate(rings, tops, profile, head)
+    return rings, tops
 
 
-def _generate(rings: geometry.Rings, tops: np.ndarray, profile: SliceProfile,
-              head: Toolhead) -> Iterator[tuple[int, float, list[str]]]:
-    for index, z in enumerate(tops.tolist()):
-        out: list[str] = []
-        head.start_layer(index, z, out)
-        region = geometry.outline(*rings.of_layer(index))
-        for island in _nearest_first(plan_layer(region, index, profile), head):
-            head.print_island(island, out)
-        yield index, z, out
-    head.finish()
+# ---------------------------------------------------------------------------- planning
 
 
-def _nearest_first(islands: list[Island], head: Toolhead) -> Iterator[Island]:
-    """Islands in greedy nearest-neighbour order from wherever the head is."""
-    remaining = list(islands)
-    while remaining:
-        dist = [min(np.hypot(*(loop - head.xy).T).min() for loop in _all_points(i))
-                for i in remaining]
-        yield remaining.pop(int(np.argmin(dist)))
+def batches(count: int, workers: int) -> list[tuple[int, int]]:
+    """(lo, hi) layer ranges: a one-layer first batch (fast first layer), then even batches."""
+    size = min(MAX_BATCH, max(MIN_BATCH, count // max(1, workers * 4)))
+    edges = [0, 1, *range(1 + size, count, size), count]
+    return [(lo, hi) for lo, hi in zip(edges, edges[1:]) if hi > lo]
 
 
-def _all_points(island: Island) -> list[np.ndarray]:
-    loops = [loop for level in island.walls for loop in level]
-    return loops or [island.infill.reshape(-1, 2)]
+def _batch(rings: geometry.Rings, tops: np.ndarray, lo: int, hi: int,
+           profile: SliceProfile) -> layer_plan.Batch:
+    first, last = layer_plan.needed_layers(lo, hi, len(tops), profile)
+    return layer_plan.Batch(lo, hi, len(tops), tops, rings.subset(first, last), profile)
+
+
+def worker_count(profile: SliceProfile) -> int:
+    """Planner processes to use: the profile's `workers`, or one per core up to 2."""
+    if profile.workers > 0:
+        return profile.workers
+    return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1))
+
+
+def planned_layers(rings: geometry.Rings, tops: np.ndarray, profile: SliceProfile,
+                   pool: ProcessPoolExecutor | None = None) -> Iterator[layer_plan.LayerPlan]:
+    """Plan every layer, yielding them in order as soon as each is ready.
+
+    Batches go to `pool` (see `start_pool`), at most `WINDOW` per worker ahead of the
+    consumer, so a slow consumer does not make planning run away. This process plans too:
+    it takes the first batch at once (a fast first layer) and any batch it needs next that
+    no worker has picked up yet. Without a pool everything is planned here, lazily.
+    """
+    workers = pool._max_workers if pool is not None else 1
+    jobs = [_batch(rings, tops, lo, hi, profile) for lo, hi in batches(len(tops), workers)]
+    if pool is None or len(jobs) <= 2:
+        for job in jobs:
+            yield from layer_plan.plan_batch(job)
+        return
+    ahead = WINDOW * workers
+    futures = {i: pool.submit(layer_plan.plan_batch, jobs[i])
+               for i in range(1, min(len(jobs), 1 + ahead))}
+    for i, job in enumerate(jobs):
+        future = futures.pop(i, None)
+        if i + ahead < len(jobs):
+            futures[i + ahead] = pool.submit(layer_plan.plan_batch, jobs[i + ahead])
+        if future is None or future.cancel():
+            yield from layer_plan.plan_batch(job)
+        else:
+            yield from future.result()
+
+
+def start_pool(profile: SliceProfile) -> ProcessPoolExecutor | None:
+    """Planner processes for one slice, started at once so they are up when work comes.
+
+    None when `worker_count` is 1 or processes cannot be started (then plan in-process).
+    """
+    workers = worker_count(profile)
+    pool = _pool(workers) if workers > 1 else None
+    if pool is not None:
+        for _ in range(workers):
+            pool.submit(int)
+    return pool
+
+
+def _pool(workers: int) -> ProcessPoolExecutor | None:
+    """A process pool, or None where processes cannot be started (then plan in-process).
+
+    A single-threaded caller forks (cheap: the workers inherit the loaded modules); a
+    threaded one (the printer's server) uses a fork server, since forking a process whose
+    other threads may hold locks is unsafe.
+    """
+    try:
+        if threading.active_count() == 1:
+            return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["printer.layer_plan"])
+        return ProcessPoolExecutor(workers, mp_context=context)
+    except (OSError, ValueError, AssertionError, ImportError):
+        return None
+
+
+# ---------------------------------------------------------------------------- streaming
+
+
+@dataclass(frozen=True)
+class GcodeChunk:
+    """A piece of the G-code stream, in file order.
+
+    kind : "start" (start G-code, E mode, `;LAYER_COUNT:`), "layer" (one layer, from its
+      `;LAYER:n` line) or "end" (`;END_GCODE` and the end G-code; `result` is set)
+    index : layer number for "layer"; -1 for "start"; `layers` for "end"
+    layers : total layer count (known from the first chunk on)
+    z : nozzle height of the layer (0 for "start", the last layer's for "end")
+    lines : G-code lines without newlines
+    result : the finished `SliceResult`, on the "end" chunk only
+    """
+
+    kind: str
+    index: int
+    layers: int
+    z: float
+    lines: list[str]
+    result: SliceResult | None = None
+
+
+class SliceStream:
+    """The chunks of one slice; iterate it (once) or use it as a context manager.
+
+    Creating it (`stream_gcode`) loads, checks and sections the model, so model errors are
+    raised there; planning runs while the chunks are consumed. `close()` (or leaving the
+    `with` block) stops the worker processes early, e.g. on a cancelled job.
+    """
+
+    def __init__(self, rings: geometry.Rings, tops: np.ndarray, profile: SliceProfile,
+                 pool: ProcessPoolExecutor | None = None) -> None:
+        self.layers = len(tops)
+        self._pool = pool
+        self.height = float(tops[-1])
+        self.profile = profile
+        self.head = Toolhead(profile)
+        self._chunks = self._generate(rings, tops)
+
+    def __iter__(self) -> Iterator[GcodeChunk]:
+        return self._chunks
+
+    def __next__(self) -> GcodeChunk:
+        return next(self._chunks)
+
+    def __enter__(self) -> SliceStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._chunks.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _generate(self, rings: geometry.Rings, tops: np.ndarray) -> Iterator[GcodeChunk]:
+        p, head, height = self.profile, self.head, 0.0
+        yield GcodeChunk("start", -1, self.layers, 0.0, toolhead.start_gcode(p, self.layers))
+        try:
+            for plan in planned_layers(rings, tops, p, self._pool):
+                height = plan.z
+                yield GcodeChunk("layer", plan.index, self.layers, plan.z, head.layer(plan))
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+        if head.filament_mm <= 0:
+            raise P3DError(ErrorCode.MODEL_INVALID,
+                           "nothing printable: every part is thinner than one line width")
+        yield GcodeChunk("end", self.layers, self.layers, height, toolhead.end_gcode(p),
+                         self.result(height))
+
+    def result(self, height: float) -> SliceResult:
+        head = self.head
+        return SliceResult(layers=self.layers, lines=0, height=height, bounds=head.bounds(),
+                           filament_mm=head.filament_mm, estimated_seconds=head.seconds,
+                           filament_g=head.filament_grams())
+
+
+def stream_gcode(model: Path, profile: SliceProfile) -> SliceStream:
+    """Load, check and section `model`, and return the stream of its G-code chunks.
+
+    Raises P3DError(MODEL_INVALID) for a model that cannot be printed, before any chunk.
+    The stream yields one "start" chunk, then one "layer" chunk per layer in order, each as
+    soon as it is planned, then one "end" chunk carrying the `SliceResult` (its `lines` is
+    0: a stream has no file). `header_lines(result, profile)` gives the Cura-style header
+    (estimated time, filament) that only the end of the stream can know.
+    """
+    _check_profile(profile)
+    pool = start_pool(profile)                  # workers start while the model loads
+    try:
+        mesh = load_mesh(Path(model), profile)
+        rings, tops = section_layers(mesh, profile)
+    except BaseException:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    return SliceStream(rings, tops, profile, pool)
+
+
+def header_lines(stream: SliceStream) -> list[str]:
+    """The Cura-style header of a finished stream (`;TIME:`, `;Filament used:`, bounds)."""
+    return toolhead.header(stream.head, stream.layers, stream.height)
+
+
+def iter_layers(mesh: trimesh.Trimesh,
+                profile: SliceProfile) -> Iterator[tuple[int, float, list[str]]]:
+    """(index, z, G-code lines) of each layer of a mesh already placed (`load_mesh`)."""
+    rings, tops = section_layers(mesh, profile)
+    stream = SliceStream(rings, tops, profile)
+    return ((c.index, c.z, c.lines) for c in stream if c.kind == "layer")
+
+
+def _check_profile(profile: SliceProfile) -> None:
+    from .profile import ProfileError, validate
+    try:
+        validate(profile)
+    except ProfileError as exc:
+        raise P3DError(ErrorCode.SLICE_FAILED, f"bad slicer profile: {exc}") from None
+
+
+# ---------------------------------------------------------------------------- files
 
 
 def slice_file(model: Path, out: Path, profile: SliceProfile,
                progress: Callable[[int, int], None] | None = None) -> SliceResult:
     """Slice `model` into G-code at `out` (temp file in the same directory, fsync, rename).
 
-    progress(layers_done, layers_total) is called once per layer.
+    progress(layers_done, layers_total) is called once per layer; an exception it raises
+    stops slicing (the worker processes too) and propagates unchanged. Any other failure
+    is a P3DError: MODEL_INVALID for the model, SLICE_FAILED for the rest.
     """
     out = Path(out)
-    mesh = load_mesh(Path(model), profile)
-    head = Toolhead(profile)
+    with stream_gcode(Path(model), profile) as stream:
+        count, result = 0, None
+        with tempfile.TemporaryFile("w+", dir=out.parent, encoding="ascii") as body:
+            for chunk in _checked(stream):
+                body.write("\n".join(chunk.lines) + "\n")
+                count += len(chunk.lines)
+                if chunk.kind == "layer" and progress is not None:
+                    progress(chunk.index + 1, chunk.layers)
+                result = chunk.result or result
+            assert result is not None
+            top = header_lines(stream)
+            body.seek(0)
+            _write_atomic(out, top, body, [])
+    return dataclasses.replace(result, lines=len(top) + count)
+
+
+def _checked(chunks: Iterable[GcodeChunk]) -> Iterator[GcodeChunk]:
+    """The chunks, with unexpected slicing errors turned into P3DError(SLICE_FAILED)."""
     try:
-        return _slice_into(mesh, out, profile, head, progress)
+        yield from chunks
     except P3DError:
         raise
     except Exception as exc:
@@ -373,37 +420,15 @@ def slice_file(model: Path, out: Path, profile: SliceProfile,
                        f"slicing failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _slice_into(mesh: trimesh.Trimesh, out: Path, profile: SliceProfile, head: Toolhead,
-                progress: Callable[[int, int], None] | None) -> SliceResult:
-    layers = _layers(mesh, profile, head)
-    total = count_layers(float(mesh.bounds[1, 2]), profile)
-    body_lines, height = 0, 0.0
-    with tempfile.TemporaryFile("w+", dir=out.parent, encoding="ascii") as body:
-        for index, z, lines in layers:
-            body.write("\n".join(lines) + "\n")
-            body_lines, height = body_lines + len(lines), z
-            if progress is not None:
-                progress(index + 1, total)
-        if head.filament_mm <= 0:
-            raise P3DError(ErrorCode.MODEL_INVALID,
-                           "nothing printable: every part is thinner than one line width")
-        top = header(head, total, height) + start_gcode(profile) + [f";LAYER_COUNT:{total}"]
-        tail = end_gcode(profile)
-        body.seek(0)
-        _write_atomic(out, top, body, tail)
-    return SliceResult(layers=total, lines=len(top) + body_lines + len(tail), height=height,
-                       bounds=_bounds(head), filament_mm=head.filament_mm,
-                       estimated_seconds=head.seconds)
-
-
 def _write_atomic(out: Path, top: list[str], body: IO[str], tail: list[str]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
-        with io.open(fd, "w", encoding="ascii", newline="\n") as fh:
+        with open(fd, "w", encoding="ascii", newline="\n") as fh:
             fh.write("\n".join(top) + "\n")
             while chunk := body.read(1 << 20):
                 fh.write(chunk)
-            fh.write("\n".join(tail) + "\n")
+            if tail:
+                fh.write("\n".join(tail) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, out)

@@ -46,7 +46,7 @@ def trust_from_map(m: Any) -> Trust:
     issuer, url, keys = m.get("issuer"), m.get("contentsUrl"), m.get("keys")
     if not isinstance(issuer, str) or not 0 < len(issuer) <= 128:
         raise bad("issuer must be a non-empty string")
-    if not isinstance(url, str) or not _is_http_url(url):
+    if not isinstance(url, str) or not is_http_url(url):
         raise bad("contentsUrl must be an http(s) URL")
     if not isinstance(keys, list) or not 0 < len(keys) <= MAX_KEYS:
         raise bad(f"keys must be a list of 1-{MAX_KEYS} keys")
@@ -65,7 +65,7 @@ def _key_from_map(k: Any, bad: Any) -> tuple[str, VerifyKey]:
     return k["kid"], VerifyKey(raw)
 
 
-def _is_http_url(url: str) -> bool:
+def is_http_url(url: str) -> bool:
     parts = urlsplit(url)
     return parts.scheme in ("http", "https") and bool(parts.hostname) and len(url) <= 512
 

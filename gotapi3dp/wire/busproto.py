@@ -41,10 +41,16 @@ class PluginInfo:
     name: str
     version: str
     profiles: list[str] = field(default_factory=list)
+    # Swagger 2.0 document per profile (optional): shown by serviceInformation's
+    # `supportApis` and the one source the server validates that profile's parameters by.
+    apis: dict[str, Any] = field(default_factory=dict)
 
     def to_map(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "version": self.version,
-                "profiles": list(self.profiles)}
+        m: dict[str, Any] = {"id": self.id, "name": self.name, "version": self.version,
+                             "profiles": list(self.profiles)}
+        if self.apis:
+            m["apis"] = self.apis
+        return m
 
 
 @dataclass
@@ -69,7 +75,10 @@ def decode_announce(data: bytes) -> Announce:
                 and isinstance(p.get("profiles"), list)
                 and all(isinstance(x, str) for x in p["profiles"])):
             raise IntentError("READY plug-in entry is malformed")
-        out.append(PluginInfo(p["id"], p["name"], p["version"], list(p["profiles"])))
+        apis = p.get("apis", {})
+        if not isinstance(apis, dict) or not all(isinstance(v, dict) for v in apis.values()):
+            raise IntentError("READY plug-in apis must map profile names to documents")
+        out.append(PluginInfo(p["id"], p["name"], p["version"], list(p["profiles"]), apis))
     return Announce(m["hostId"], out)
 
 

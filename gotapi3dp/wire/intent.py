@@ -77,6 +77,10 @@ class Intent:
     error_code: int | None = None
     error_message: str | None = None
     version: int = INTENT_VERSION
+    # Set by the server on state-changing requests (POST/PUT/DELETE) from the app's
+    # `Idempotency-Key` header or parameter: a plug-in answers a repeated key with the
+    # first answer instead of acting twice.
+    idempotency_key: str | None = None
 
     def response(self, params: dict[str, Any] | None = None) -> "Intent":
         """A successful RESPONSE to this request, echoing its requestCode."""
@@ -101,7 +105,8 @@ class Intent:
         for key, value in (("interface", self.interface), ("attribute", self.attribute),
                            ("serviceId", self.service_id), ("origin", self.origin),
                            ("pluginId", self.plugin_id), ("result", self.result),
-                           ("errorCode", self.error_code), ("errorMessage", self.error_message)):
+                           ("errorCode", self.error_code), ("errorMessage", self.error_message),
+                           ("idempotencyKey", self.idempotency_key)):
             if value is not None:
                 m[key] = value
         m["params"] = self.params
@@ -195,9 +200,10 @@ def decode(data: bytes) -> Intent:
                   params=params,
                   result=_opt(m, "result", int, rc),
                   error_code=_opt(m, "errorCode", int, rc),
-                  error_message=_opt(m, "errorMessage", str, rc))
+                  error_message=_opt(m, "errorMessage", str, rc),
+                  idempotency_key=_opt(m, "idempotencyKey", str, rc))
 
 
 _KNOWN_KEYS = frozenset({"v", "action", "requestCode", "profile", "interface", "attribute",
                          "serviceId", "origin", "pluginId", "params", "result", "errorCode",
-                         "errorMessage"})
+                         "errorMessage", "idempotencyKey"})

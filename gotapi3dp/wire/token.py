@@ -8,7 +8,10 @@ Format (see docs/SECURITY.md):
 The contents server signs and seals; the printer unseals, checks, and presents `signed` with
 a proof of possession signed by its own Ed25519 key over a fresh server nonce. The plug-in
 only ever carries `token`, which it cannot open. Checks raise `P3DError` with a distinct code
-each, in the order: unreadable -> kid -> signature -> schema -> type -> audience -> expiry.
+each, in the order: unreadable -> kid -> signature -> schema -> type -> issuer -> audience
+-> expiry / not-yet-valid. Pairing and key rotation use two more signed messages defined here:
+the printer's pairing request (`pair_message`) and the contents server's key set
+(`keyset_message`), each under its own domain-separation prefix.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ TOKEN_VERSION = 1
 DST_TOKEN = b"P3T-v1/print-token\x00"
 DST_POP = b"P3T-v1/redeem-pop\x00"
 DST_DOWNLOAD = b"P3T-v1/download\x00"
+DST_PAIR = b"P3T-v1/pair-request\x00"
+DST_KEYSET = b"P3T-v1/key-set\x00"
 KID_BYTES = 8
 SIG_BYTES = 64
 JTI_BYTES = 16
@@ -153,8 +158,13 @@ def unseal(token: str, box_key: PrivateKey) -> bytes:
         raise unreadable from None
 
 
-def verify_signed(signed: bytes, keys: Mapping[str, VerifyKey]) -> Claims:
-    """Check kid, signature, schema and type of a `signed` blob against pinned keys."""
+def verify_signed(signed: bytes, keys: Mapping[str, VerifyKey], issuer: str) -> Claims:
+    """Check kid, signature, schema, type and issuer of a `signed` blob against pinned keys.
+
+    `issuer` is the one issuer the caller trusts; every verifier must name it, so no caller
+    can forget the check. A wrong issuer on a trusted key is TOKEN_KID (the key is not
+    trusted *for that issuer*).
+    """
     if not isinstance(signed, bytes) or not KID_BYTES + SIG_BYTES < len(signed) <= MAX_SIGNED_BYTES:
         raise P3DError(ErrorCode.TOKEN_MALFORMED, "signed token has a wrong length")
     kid = signed[:KID_BYTES].hex()
@@ -171,6 +181,8 @@ def verify_signed(signed: bytes, keys: Mapping[str, VerifyKey]) -> Claims:
         raise P3DError(ErrorCode.TOKEN_TYPE, f"not a print token ({claims.typ} v{claims.v})")
     if claims.kid != kid:
         raise P3DError(ErrorCode.TOKEN_MALFORMED, "token key id does not match its claims")
+    if not hmac.compare_digest(claims.iss.encode(), issuer.encode()):
+        raise P3DError(ErrorCode.TOKEN_KID, f"token issuer {claims.iss[:64]!r} is not trusted")
     return claims
 
 
@@ -185,7 +197,7 @@ def check_time(claims: Claims, now: float, skew: int = CLOCK_SKEW) -> None:
     if now >= claims.exp + skew:
         raise P3DError(ErrorCode.TOKEN_EXPIRED, "the token has expired")
     if claims.iat > now + skew:
-        raise P3DError(ErrorCode.TOKEN_EXPIRED, "the token is not valid yet (clock skew?)")
+        raise P3DError(ErrorCode.TOKEN_NOT_YET_VALID, "the token is not valid yet (clock skew?)")
 
 
 def signed_hash(signed: bytes) -> bytes:
@@ -206,6 +218,17 @@ def pop_message(signed: bytes, nonce: bytes, method: str, url: str, iat: int) ->
 def download_message(method: str, path: str, printer_id: str, iat: int) -> bytes:
     """What the printer signs on every download request."""
     return DST_DOWNLOAD + msgpack.packb([method.upper(), path, printer_id, iat], use_bin_type=True)
+
+
+def pair_message(printer_id: str, sign_key: bytes, box_key: bytes, iat: int) -> bytes:
+    """What the printer signs when it asks to be paired: it holds the signing key it names."""
+    return DST_PAIR + msgpack.packb([printer_id, sign_key, box_key, iat], use_bin_type=True)
+
+
+def keyset_message(issuer: str, keys: list[dict[str, str]]) -> bytes:
+    """What the contents server signs when it publishes its keys (rotation continuity)."""
+    canonical = sorted((k["kid"], k["publicKey"]) for k in keys)
+    return DST_KEYSET + msgpack.packb([issuer, canonical], use_bin_type=True)
 
 
 def verify_detached(key: VerifyKey, message: bytes, signature: bytes) -> bool:

@@ -2,9 +2,16 @@
 
 Checks, in Device Connect's order: the access token with the profile as scope (13/11/12/14),
 `serviceId` (empty: 5; unknown plug-in or local service: 6), the profile announced by that
-plug-in (2), the plug-in online (17); then the request Intent (action = HTTP method,
-profile lower-cased, local service id, origin, parameters without accessToken/serviceId)
-and its RESPONSE: result 0 -> params merged into the answer, else errorCode/errorMessage.
+plug-in (2), the parameters against the profile's Swagger document the plug-in announced
+(`apispec`: 4, 8, 3, 10 naming the parameter), the plug-in online (17); then the request
+Intent (action = HTTP method, profile lower-cased, local service id, origin, parameters
+without accessToken/serviceId/idempotencyKey, the idempotency key) and its RESPONSE:
+result 0 -> params merged into the answer, else errorCode/errorMessage. A successful PUT or
+DELETE on an `x-type: event` operation (un)registers the origin's GotAPI-5 events.
+
+Idempotency: POST/PUT/DELETE may carry `Idempotency-Key` (header) or `idempotencyKey`
+(parameter), 1-128 of `A-Za-z0-9_.:-`; it travels in the Intent and the plug-in host
+answers a repeated key (same origin and plug-in) with the first answer.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from flask import Blueprint, Response, g, request
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Action, Intent, IntentError
 
+from ..apispec import check_request, is_event
 from ..context import authorized_params, state
 from ..params import optional_str
 from ..paths import API_METHODS, SYSTEM_PROFILE_KEYS, WEBSOCKET_PROFILE
@@ -27,8 +35,10 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("forward", __name__, url_prefix="/gotapi")
 
-_STRIPPED = ("accessToken", "serviceId")
+_STRIPPED = ("accessToken", "serviceId", "idempotencyKey")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_IDEMPOTENCY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def resolve_service(params: dict[str, Any]) -> tuple[PluginLike, str]:
@@ -61,8 +71,24 @@ def _check_path(profile: str, interface: str | None, attribute: str | None) -> N
             raise P3DError(ErrorCode.INVALID_URL)
     if profile in SYSTEM_PROFILE_KEYS:  # a system profile with an attribute it lacks
         raise P3DError(ErrorCode.NOT_SUPPORT_ATTRIBUTE)
-    if profile == WEBSOCKET_PROFILE:  # GotAPI-5: reserved, not built yet
-        raise P3DError(ErrorCode.NOT_SUPPORT_PROFILE, "WebSocket events are not available yet.")
+    if profile == WEBSOCKET_PROFILE:  # GotAPI-5 lives there, for WebSocket upgrades only
+        raise P3DError(ErrorCode.NOT_SUPPORT_PROFILE, "Open /gotapi/websocket as a WebSocket.")
+
+
+def idempotency_key(params: dict[str, Any]) -> str | None:
+    """The request's idempotency key (header wins), or None; GET never has one."""
+    key = request.headers.get(IDEMPOTENCY_HEADER) or optional_str(params, "idempotencyKey")
+    if key is None or request.method == "GET":
+        return None
+    if not _IDEMPOTENCY_RE.fullmatch(key):
+        raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER,
+                       "Request parameters are invalid: idempotencyKey has an invalid format.")
+    return key
+
+
+def _spec_of(plugin: PluginLike, profile: str) -> dict[str, Any] | None:
+    apis = getattr(plugin, "apis", None) or {}
+    return next((doc for name, doc in apis.items() if name.lower() == profile), None)
 
 
 def forward(profile: str, interface: str | None = None, attribute: str | None = None) -> Response:
@@ -71,11 +97,19 @@ def forward(profile: str, interface: str | None = None, attribute: str | None = 
     plugin, local = resolve_service(params)
     if profile not in (p.lower() for p in plugin.profiles):
         raise P3DError(ErrorCode.NOT_SUPPORT_PROFILE)
+    doc = _spec_of(plugin, profile)
+    op = check_request(doc, request.method, interface, attribute, params) if doc else {}
     intent = Intent(Action(request.method), profile=profile, interface=interface,
                     attribute=attribute, service_id=local, origin=g.origin,
                     plugin_id=plugin.id,
-                    params={k: v for k, v in params.items() if k not in _STRIPPED})
-    return call_plugin(intent, plugin)
+                    params={k: v for k, v in params.items() if k not in _STRIPPED},
+                    idempotency_key=idempotency_key(params))
+    answer = call_plugin(intent, plugin)
+    if is_event(op) and request.method in ("PUT", "DELETE"):
+        hub = state().events
+        change = hub.register if request.method == "PUT" else hub.unregister
+        change(g.origin, params["serviceId"], profile, interface, attribute)
+    return answer
 
 
 def invalid_url(rest: str) -> Response:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -17,11 +19,12 @@ from gotapi3dp.config import Config, PrinterEntry
 from gotapi3dp.wire.busproto import PluginInfo
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.ids import CONTENT_ID_RE
-from gotapi3dp.wire.intent import Intent
+from gotapi3dp.wire.intent import Action, Intent
 from plugin_host.plugin import Plugin
 
 from .clients import ContentsClient, PrinterClient
 from .connections import ConnectionStore
+from .feed import JobStream
 from .printers import load_printers
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,10 @@ PLUGIN_ID = "printer3d"
 PROFILE = "printer3d"
 SPEC_PATH = Path(__file__).with_name("printer3d.json")
 IDENTITY_TIMEOUT = 1.5
+EVENT_ATTRIBUTE = "onJobChange"
+STATUS_TTL = 1.0  # seconds a cached status is served while the printer's job stream is live
+_JOB_KEYS = ("id", "state", "progress", "layer", "layers", "error", "contentId", "createdAt",
+             "updatedAt")
 
 Handler = Callable[[PrinterEntry, Intent], dict[str, Any]]
 
@@ -45,16 +52,23 @@ def _param(intent: Intent, name: str, pattern: Any = None) -> str:
 
 
 class Printer3DPlugin(Plugin):
-    info = PluginInfo(PLUGIN_ID, "3D Printer (Printer Authentication)", __version__,
-                      [PROFILE, "serviceInformation"])
-
     def __init__(self, printers: list[PrinterEntry], contents: ContentsClient,
-                 connections: ConnectionStore, http_timeout: float) -> None:
+                 connections: ConnectionStore, http_timeout: float,
+                 follow_jobs: bool = True) -> None:
+        self._spec = json.loads(SPEC_PATH.read_text())
+        self.info = PluginInfo(PLUGIN_ID, "3D Printer (Printer Authentication)", __version__,
+                               [PROFILE, "serviceInformation"], {PROFILE: self._spec})
         self._printers = {p.service_id: p for p in printers}
         self._clients = {p.service_id: PrinterClient(p.url, p.api_key, http_timeout) for p in printers}
         self._contents = contents
         self._connections = connections
-        self._spec = json.loads(SPEC_PATH.read_text())
+        self._lock = threading.Lock()  # guards the five dicts below
+        self._status: dict[str, tuple[float, dict[str, Any]]] = {}   # service -> (time, status)
+        self._live: dict[str, bool] = {}                               # service -> stream up
+        self._last_job: dict[tuple[str, str], tuple[Any, ...]] = {}   # (service, job) -> seen
+        self._listeners: dict[tuple[str, str], int] = {}              # (origin, service)
+        self._streams = [JobStream(p.service_id, p.url, p.api_key, self._on_job, self._on_live)
+                         for p in printers] if follow_jobs else []
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "connect"): self.connect,
             ("POST", "print"): self.print_,
@@ -63,14 +77,27 @@ class Printer3DPlugin(Plugin):
             ("PUT", "pause"): self.pause,
             ("PUT", "resume"): self.resume,
             ("GET", "status"): self.status,
+            ("PUT", EVENT_ATTRIBUTE.lower()): self.add_listener,
+            ("DELETE", EVENT_ATTRIBUTE.lower()): self.remove_listener,
         }
 
     # -- Plugin interface ---------------------------------------------------------------
     def start(self, emit: Callable[[Intent], None]) -> None:
         self._emit = emit
+        for stream in self._streams:
+            stream.start()
 
     def stop(self) -> None:
+        for stream in self._streams:
+            stream.stop()
         self._connections.close()
+
+    def notice(self, intent: Intent) -> None:
+        """EVENT_TRANSMIT_DISCONNECT: the app's WebSocket closed; forget its listeners."""
+        if intent.action is Action.EVENT_TRANSMIT_DISCONNECT and intent.origin:
+            with self._lock:
+                for key in [k for k in self._listeners if k[0] == intent.origin]:
+                    del self._listeners[key]
 
     def services(self) -> list[dict[str, Any]]:
         """Each printer is a service; online if its job API answers now."""
@@ -87,7 +114,13 @@ class Printer3DPlugin(Plugin):
         if intent.profile.lower() == "serviceinformation":
             return intent.response(self._information())
         handler = self._route(intent)
-        return intent.response(handler(printer, intent))
+        try:
+            return intent.response(handler(printer, intent))
+        except P3DError as exc:
+            if exc.code != ErrorCode.PRINTER_UNAVAILABLE:
+                raise
+            raise P3DError(ErrorCode.ILLEGAL_DEVICE_STATE,
+                           f"printer {printer.service_id} is offline: {exc.message}") from None
 
     # -- printer3d API ------------------------------------------------------------------
     def connect(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
@@ -123,11 +156,58 @@ class Printer3DPlugin(Plugin):
         return {}
 
     def status(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
-        status = self._clients[printer.service_id].status()
+        """Served from cache while the printer's job stream is live (any job change drops
+        the entry, temperatures are at most STATUS_TTL old); else asked from the printer."""
+        sid = printer.service_id
+        with self._lock:
+            cached = self._status.get(sid) if self._live.get(sid) else None
+        if cached is not None and time.monotonic() - cached[0] < STATUS_TTL:
+            return dict(cached[1])
+        status = self._clients[sid].status()
         answer = {"state": status["state"], "temperatures": status["temperatures"]}
         if status.get("jobId"):
             answer["jobId"] = status["jobId"]
-        return answer
+        with self._lock:
+            if self._live.get(sid):
+                self._status[sid] = (time.monotonic(), answer)
+        return dict(answer)
+
+    def add_listener(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
+        """PUT onJobChange: the server routes this printer's job events to the app's socket."""
+        with self._lock:
+            self._listeners[(intent.origin or "", printer.service_id)] = 1
+        return {}
+
+    def remove_listener(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
+        with self._lock:
+            self._listeners.pop((intent.origin or "", printer.service_id), None)
+        return {}
+
+    def listeners(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return sorted(self._listeners)
+
+    # -- job stream ----------------------------------------------------------------------
+    def _on_live(self, service_id: str, live: bool) -> None:
+        with self._lock:
+            self._live[service_id] = live
+            self._status.pop(service_id, None)
+
+    def _on_job(self, service_id: str, job: dict[str, Any]) -> None:
+        """A change from the printer's stream: drop the cached status, emit onJobChange once
+        per distinct view of the job (a replay after reconnecting repeats nothing)."""
+        view = _app_job(job)
+        key = (service_id, str(view.get("id")))
+        signature = tuple(json.dumps(view.get(k), sort_keys=True) for k in _JOB_KEYS)
+        stamp = view.get("updatedAt") if isinstance(view.get("updatedAt"), (int, float)) else 0
+        with self._lock:
+            self._status.pop(service_id, None)
+            last = self._last_job.get(key)
+            if last is not None and (last[0] == signature or stamp < last[1]):
+                return  # seen already, or older than what the app has
+            self._last_job[key] = (signature, stamp)
+        self.emit(self.event(PROFILE, EVENT_ATTRIBUTE, service_id=service_id,
+                             params={"job": view}))
 
     # -- helpers -----------------------------------------------------------------------
     def _printer(self, service_id: str | None) -> PrinterEntry:
@@ -169,8 +249,7 @@ class Printer3DPlugin(Plugin):
 
 def _app_job(job: dict[str, Any]) -> dict[str, Any]:
     """The job as the printer3d profile shows it (printer-internal stats stay out)."""
-    keys = ("id", "state", "progress", "layer", "layers", "error", "contentId", "createdAt", "updatedAt")
-    return {k: job[k] for k in keys if k in job}
+    return {k: job[k] for k in _JOB_KEYS if k in job}
 
 
 def build_plugins(config: Config) -> list[Plugin]:

@@ -16,7 +16,7 @@ import requests
 from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey
 
-from gotapi3dp.client import GotapiClient, GotapiError
+from gotapi3dp.client import GotapiError
 from gotapi3dp.sample import sample_path
 from gotapi3dp.wire import token as tk
 

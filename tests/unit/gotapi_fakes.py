@@ -15,7 +15,7 @@ from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Intent
 from gotapi_server.app import create_app
 
-ORIGIN = "http://app.example"
+ORIGIN = "http://localhost:8080"
 HEADERS = {"Origin": ORIGIN}
 
 

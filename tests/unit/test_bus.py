@@ -414,3 +414,19 @@ def test_tap_limit_returns(ctx, bus) -> None:
     host.beat_for(1.0)
     assert result.result(timeout=3) == 0
     assert len(out.getvalue().splitlines()) == 3
+
+
+def test_peer_that_never_sends_ready_cannot_answer_or_appear(ctx, bus, pool) -> None:
+    """A stranger that heartbeats and replies but never announced itself gets DISCONNECT for
+    each frame, cannot settle another host's request, and is never listed."""
+    good = connected(ctx, bus)
+    stranger = RawHost(ctx, bus.endpoint, "never-ready")
+    stranger.send(PROTOCOL, HEARTBEAT)
+    assert stranger.recv() == [PROTOCOL, DISCONNECT]
+    intent = get(x="1")
+    fut = pool.submit(bus.request, intent, "echo", 5.0)
+    stranger.send(PROTOCOL, REPLY, encode(intent.response({"forged": True})))
+    assert stranger.recv() == [PROTOCOL, DISCONNECT]
+    good.answer()
+    assert fut.result(timeout=5).params == {"echo": {"x": "1"}}
+    assert [p.id for p in bus.plugins()] == ["echo"]

@@ -76,7 +76,7 @@ def test_stream_sends_a_file_to_a_serial_port(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "lines 202" in out.stdout
     executed = [line.split(" ", 1)[1].rsplit("*", 1)[0] for line in log.read_text().splitlines()
-                if "M110" not in line]
+                if not any(own in line for own in ("M110", "M155", "M105"))]  # the link's own
     assert executed == ["G28"] + [f"G1 X{i} Y{i} F3000" for i in range(200)] + ["M84"]
 
 
@@ -85,3 +85,28 @@ def test_stream_to_a_missing_port_fails_cleanly(tmp_path: Path) -> None:
     gcode.write_text("G28\n")
     out = run("stream", str(gcode), "--port", str(tmp_path / "no-such-tty"), timeout=60)
     assert out.returncode == 1 and "SERIAL_LINK" in out.stderr
+
+
+def test_slice_with_profile_set_and_preview(tmp_path: Path) -> None:
+    profile = tmp_path / "p.toml"
+    profile.write_text('infill_pattern = "grid"\nskirt_loops = 2\n')
+    gcode, previews = tmp_path / "s.gcode", tmp_path / "prev"
+    out = run("--data-dir", str(tmp_path / "d"), "slice", str(sample_path()), "-o", str(gcode),
+              "--profile", str(profile), "--set", "top_layers=3", "--preview", str(previews),
+              "--layers", "0,-1")
+    assert out.returncode == 0, out.stderr
+    text = gcode.read_text()
+    assert ";TYPE:SKIRT" in text and ";TYPE:SKIN" in text and ";Filament used [g]:" in text
+    files = sorted(p.name for p in previews.iterdir())
+    assert len(files) == 2 and files[0] == "layer-0000.svg"
+    assert "<svg" in (previews / files[0]).read_text() and "SKIRT" in (previews / files[0]).read_text()
+
+
+def test_slice_profile_errors_are_clear(tmp_path: Path) -> None:
+    profile = tmp_path / "p.toml"
+    profile.write_text("infill_density = 20\n")
+    out = run("slice", str(sample_path()), "-o", str(tmp_path / "x.gcode"), "--profile", str(profile))
+    assert out.returncode == 1 and "infill_density is a fraction from 0 to 1" in out.stderr
+    out = run("slice", str(sample_path()), "-o", str(tmp_path / "x.gcode"), "--preview",
+              str(tmp_path / "p"), "--layers", "a")
+    assert out.returncode == 1 and "--layers a: expected layer numbers" in out.stderr

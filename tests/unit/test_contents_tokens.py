@@ -12,6 +12,8 @@ from gotapi3dp.wire import token as p3t
 
 from .contents_support import Env, PrinterSim, box_stl, make_env
 
+ISSUER = "gotapi-3dp-contents"
+
 
 @pytest.fixture
 def env(tmp_path) -> Env:
@@ -46,7 +48,7 @@ def token_state(env, token: str, printer: PrinterSim) -> str:
     from contents_server.services import EXTENSION
     jti = p3t.Claims.unpack(printer.unseal(token)[p3t.KID_BYTES + p3t.SIG_BYTES:]).jti
     row = env.app.extensions[EXTENSION].db.one("SELECT state FROM tokens WHERE jti = ?", (jti,))
-    return row["state"]
+    return "REVOKED" if row is None else row["state"]
 
 
 def name_of(response) -> str:
@@ -88,7 +90,7 @@ def test_issued_token_opens_only_for_the_printer(env, printer, content_id):
     r = issue(env, printer.printer_id, content_id)
     assert r.status_code == 201
     assert r.json["content"]["id"] == content_id
-    claims = p3t.verify_signed(printer.unseal(r.json["token"]), _server_keys(env))
+    claims = p3t.verify_signed(printer.unseal(r.json["token"]), _server_keys(env), ISSUER)
     assert claims.aud == printer.printer_id and claims.cid == content_id
     assert claims.cnf == p3t.key_hash(bytes(printer.sign.verify_key))
     assert claims.exp == r.json["expiresAt"] and claims.exp - claims.iat <= 600
@@ -227,7 +229,7 @@ def test_expired_token_is_401(env, printer, content_id):
 
 def test_token_signed_by_another_key_is_refused(env, printer, content_id):
     token = token_for(env, printer, content_id)
-    claims = p3t.verify_signed(printer.unseal(token), _server_keys(env))
+    claims = p3t.verify_signed(printer.unseal(token), _server_keys(env), ISSUER)
     rogue = SigningKey.generate()
     forged = dataclasses.replace(claims, kid=p3t.key_id(bytes(rogue.verify_key)))
     signed = p3t.sign_claims(forged, rogue)
@@ -267,7 +269,11 @@ def test_deleted_printer_cannot_redeem(env, printer, content_id):
     body = printer.redeem_body(printer.unseal(token), nonce, int(env.clock()))
     r = env.client.post("/api/redeem", json=body)
     assert r.status_code in (401, 403)         # its nonces went with it
-    assert token_state(env, token, printer) == "ISSUED"
+    assert token_state(env, token, printer) == "REVOKED"
+    # paired again with the very same keys: the old token stays dead
+    env.client.post("/api/printers", headers=env.headers(), json=printer.registration())
+    r = printer.redeem(env, token)
+    assert r.status_code == 409 and name_of(r) == "TOKEN_REPLAYED"
 
 
 def test_rekeyed_printer_old_token_is_audience_error(env, printer, content_id):

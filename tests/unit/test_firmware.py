@@ -55,14 +55,41 @@ def test_error_drains_the_rx_buffer():
     assert log == []
 
 
-def test_duplicate_of_last_line_is_ignored_with_ok():
+def test_duplicate_of_last_line_is_dropped_silently_like_current_marlin():
     fw, log = make()
     line = format_line(1, "G1 X5")
     assert fw.feed(line, 0.0) == b"ok\n"
-    assert fw.feed(line, 0.0) == b"ok\n"                # a repeat: no error, no resend
+    assert fw.feed(line, 0.0) == b""                    # a repeat: no error, no resend, no ok
     assert send(fw, 2, "G1 X6") == ["ok"]
-    assert fw.feed(line, 0.0) == b"ok\n"                # last_N - 1 is tolerated as well
+    assert fw.feed(line, 0.0) == b""                    # last_N - 1 is tolerated as well
     assert log == [line.decode().strip(), format_line(2, "G1 X6").decode().strip()]
+
+
+def test_duplicate_answered_with_ok_like_older_marlin():
+    fw, log = make(duplicate_ok=True)
+    line = format_line(1, "G1 X5")
+    assert fw.feed(line, 0.0) == b"ok\n"
+    assert fw.feed(line, 0.0) == b"ok\n"
+    assert log == [line.decode().strip()]
+
+
+def test_byte_noise_in_both_directions_is_seeded_and_never_adds_newlines():
+    fw, log = make(byte_error_rate=0.2, seed=3)
+    out = [fw.feed(format_line(n, "G1 X10.000 Y20.000"), 0.0) for n in range(1, 40)]
+    assert any(line.startswith(b"Error:") for o in out for line in o.splitlines())
+    fw, log = make(reply_error_rate=0.3, seed=3)
+    replies = b"".join(fw.feed(format_line(n, "M105"), 0.0) for n in range(1, 40))
+    assert len(log) == 39                               # every line arrived intact
+    clean = b"".join(b"ok " + fw._temperature_line().encode() + b"\n" for _ in range(39))
+    assert replies != clean and replies.count(b"\n") <= 39
+
+
+def test_reboot_fault_resets_the_board_once():
+    fw, log = make(reboot_after=2)
+    assert send(fw, 1, "M104 S200") == ["ok"]
+    assert send(fw, 2, "G28") == ["start"]               # executed, then the board reset
+    assert fw.last_n == 0 and fw.heaters["T"].target == 0.0
+    assert send(fw, 1, "G28") == ["ok"] and send(fw, 2, "G28") == ["ok"]
 
 
 def test_m110_sets_the_line_number():
@@ -143,6 +170,8 @@ def test_m112_halts_the_printer():
     assert send(fw, 1, "M112") == ["Error:Printer halted. kill() called!"]
     assert send(fw, 2, "G28") == []
     assert fw.halted and log == [format_line(1, "M112").decode().strip()]
+    fw.reset()                                           # what a reset (port re-open) does
+    assert send(fw, 1, "G28") == ["ok"]
 
 
 def test_fault_injection_is_seeded():
@@ -203,5 +232,38 @@ def test_pty_firmware_baud_limit_paces_output(tmp_path):
             elapsed = time.monotonic() - started
         # 40 replies of 41 bytes at 2000 bytes/s, less a 40-byte burst: 0.8 s
         assert elapsed > 0.7
+    finally:
+        firmware.stop()
+
+
+def test_tcp_firmware_serves_pyserial_socket_urls(tmp_path):
+    from printer.firmware import TcpFirmware
+    log = tmp_path / "fw.log"
+    firmware = TcpFirmware(FirmwareConfig(), log)
+    url = firmware.start()
+    try:
+        assert url.startswith("socket://127.0.0.1:")
+        for _ in range(2):                                # each connection is a reset
+            with serial.serial_for_url(url, timeout=1.0) as link:
+                link.write(format_line(1, "G28"))         # `start` may have been flushed
+                assert link.readline() in (b"start\n", b"ok\n")
+                assert link.readline() in (b"ok\n", b"")
+        assert log.read_text() == "N1 G28*18\n" * 2
+    finally:
+        firmware.stop()
+
+
+def test_reopening_the_port_resets_a_halted_board(tmp_path):
+    firmware = PtyFirmware(FirmwareConfig(), tmp_path / "fw.log")
+    port = firmware.start()
+    try:
+        with serial.Serial(port, 115200, timeout=1.0) as link:
+            link.readline()
+            link.write(format_line(1, "M112"))
+            assert link.readline().startswith(b"Error:Printer halted")
+        with serial.Serial(port, 115200, timeout=1.0) as link:
+            assert link.readline() == b"start\n"
+            link.write(format_line(1, "G28"))
+            assert link.readline() == b"ok\n"
     finally:
         firmware.stop()

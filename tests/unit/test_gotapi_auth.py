@@ -11,7 +11,7 @@ from gotapi_server.auth import AuthStore
 
 from .gotapi_fakes import HEADERS, ORIGIN, get_token, make_app
 
-OTHER = "http://other.example"
+OTHER = "http://127.0.0.1:9999"
 
 
 def _code(call) -> int:

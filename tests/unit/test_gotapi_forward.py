@@ -74,7 +74,7 @@ def test_bad_access_token_is_11(tmp_path: Path) -> None:
     client, token = _client(tmp_path, printer_bus())
     assert _get(client, "/gotapi/printer3d/status", "x" + token,
                 serviceId=SERVICE)["errorCode"] == 11
-    other = client.get("/gotapi/printer3d/status", headers={"Origin": "http://other.example"},
+    other = client.get("/gotapi/printer3d/status", headers={"Origin": "http://127.0.0.1:9999"},
                        query_string={"accessToken": token, "serviceId": SERVICE}).get_json()
     assert other["errorCode"] == 11
 

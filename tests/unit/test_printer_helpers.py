@@ -86,7 +86,7 @@ class FakeContents:
 
     def redeem(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         signed = b64d(body["signed"])
-        claims = verify_signed(signed, {self.kid: self.cs_key.verify_key})
+        claims = verify_signed(signed, {self.kid: self.cs_key.verify_key}, ISSUER)
         if body["nonce"] not in self.nonces:
             return _err(401, 1209, "POP_NONCE")
         self.nonces.discard(body["nonce"])
@@ -181,7 +181,8 @@ class FakeLink:
     def close(self) -> None:
         self.closed += 1
 
-    def stream(self, lines: Any, on_sent: Any = None, cancel: Any = None, pause: Any = None) -> Any:
+    def stream(self, lines: Any, on_sent: Any = None, cancel: Any = None, pause: Any = None,
+               park: Any = None) -> Any:
         from gotapi3dp.wire.errors import ErrorCode, P3DError
         start, sent = time.monotonic(), 0
         for line in lines:
@@ -205,6 +206,9 @@ class FakeLink:
     def command(self, cmd: str, timeout: float = 10.0) -> list[str]:
         self.commands.append(cmd)
         return ["ok"]
+
+    def idle(self) -> None:
+        time.sleep(0.005)
 
     def temperatures(self) -> dict[str, Any]:
         return {"hotend": {"actual": 21.0, "target": 0.0}, "bed": {"actual": 20.0, "target": 0.0}}

@@ -114,3 +114,43 @@ def test_replay_cache_survives_restart(tmp_path):
     reopened = JobStore(path)
     assert not reopened.remember_token(b"\x01" * 16, exp=2**31)
     reopened.close()
+
+
+def test_subscribers_see_every_committed_change_in_order(store):
+    seen: list[tuple[str, str, int]] = []
+
+    def listener(record):
+        # Outside the transaction: the store can be read (and written) from the callback.
+        assert store.require(record.id).state is not None
+        seen.append((record.id, record.state.value, record.view.layer))
+
+    store.subscribe(listener)
+    store.create(JOB)
+    store.create(JOB)                                   # no change: nothing delivered
+    store.transition(JOB, JobState.AUTHENTICATING)
+    with pytest.raises(P3DError):
+        store.transition(JOB, JobState.PRINTING)        # refused: nothing delivered
+    store.update_progress(JOB, layer=4)
+    assert seen == [(JOB, "queued", 0), (JOB, "authenticating", 0), (JOB, "authenticating", 4)]
+
+
+def test_a_failing_subscriber_does_not_undo_the_change(store):
+    store.subscribe(lambda record: 1 / 0)
+    got = []
+    store.subscribe(got.append)
+    store.create(JOB)
+    assert store.require(JOB).state is JobState.QUEUED and [r.id for r in got] == [JOB]
+
+
+def test_journal_survives_a_reopen(tmp_path):
+    store = JobStore(tmp_path / "j.sqlite3")
+    store.create(JOB)
+    assert store.acked(JOB) is None
+    store.record_acked(JOB, 120, 3)
+    store.record_acked(JOB, 180, 4)
+    store.close()
+    again = JobStore(tmp_path / "j.sqlite3")
+    assert again.acked(JOB) == (180, 4)
+    again.drop_journal(JOB)
+    assert again.acked(JOB) is None
+    again.close()

@@ -164,13 +164,40 @@ def test_one_job_at_a_time(make):
     rig.wait_state(second, JobState.COMPLETED, timeout=15)
 
 
-def test_stop_mid_print_leaves_it_interrupted(make):
+def test_stop_mid_print_leaves_it_interrupted_and_a_new_runner_resumes_it(make):
     rig = make(link=FakeLink(delay=0.01), slicer=FakeSlicer(layers=5, per_layer=40))
     job_id = rig.submit()
-    wait_for(lambda: len(rig.link.streamed) > 10)
+    wait_for(lambda: len(rig.link.streamed) > 60)       # past layer 1 (commands 2..41)
     rig.runner.stop()
     assert rig.state(job_id) is JobState.INTERRUPTED
     assert rig.link.commands == list(END_SEQUENCE)
-    with pytest.raises(P3DError):
-        rig.runner.resume(job_id)
-    assert rig.runner.cancel(job_id).state is JobState.CANCELLED
+    acked, layer = rig.store.acked(job_id)
+    assert layer >= 2 and acked >= 2 + 40 * (layer - 1)
+    # A new runner (the restarted process) on the same store and files resumes it.
+    link = FakeLink()
+    again = JobRunner(rig.store, rig.work_dir, rig.keys, SliceProfile(), lambda: link,
+                      rig.slicer, requests.Session())
+    again.start()
+    try:
+        assert again.resume(job_id).state is JobState.PRINTING
+        wait_for(lambda: rig.state(job_id) is JobState.COMPLETED)
+    finally:
+        again.stop()
+    start = 2 + 40 * (layer - 1)                        # first command of the layer in progress
+    tail = [f"G1 X{i} Y{n} E0.1" for n in range(layer - 1, 5) for i in range(40)] + ["M84"]
+    prelude = link.streamed[:len(link.streamed) - len(tail)]
+    assert link.streamed[len(prelude):] == tail         # every line from there on, once
+    assert prelude[:4] == ["M140 S0", "M104 S210", "M190 S0", "M109 S210"]
+    assert "G28 X Y" in prelude and prelude[-1].startswith("G1 F")
+    assert start > 0 and rig.store.acked(job_id) is None   # journal dropped once completed
+    assert not (rig.work_dir / job_id).exists()
+
+
+def test_interrupted_before_slicing_cannot_resume(make):
+    rig = make()
+    rig.store.create("ab" * 16)
+    rig.store.transition("ab" * 16, JobState.INTERRUPTED)
+    with pytest.raises(P3DError) as err:
+        rig.runner.resume("ab" * 16)
+    assert err.value.code == ErrorCode.JOB_STATE
+    assert rig.runner.cancel("ab" * 16).state is JobState.CANCELLED

@@ -257,3 +257,84 @@ def test_no_triangles_is_refused():
                   "<triangles/></mesh></object>")
     assert "without vertices or triangles" in refused(make_3mf(empty))
     assert "no triangles" in refused(make_3mf(model("", "")))
+
+
+# ---------------------------------------------------------------------------- fast path
+
+
+def outcome(read):
+    try:
+        return read()
+    except ModelError as exc:
+        return str(exc)
+
+
+def plain_and_read(text: str):
+    """The model read as written, checked against the same model with expat seeing it all."""
+    fast = outcome(lambda: read_3mf(make_3mf(text)))
+    name, slow = "3D/3dmodel.model", threemf._Assembly({"3D/3dmodel.model": text.encode()})
+
+    def read_slowly():
+        slow.parsed[name] = threemf._PartParser(name)._parse(text.encode(), fast=False)
+        return slow.build(name)
+
+    expected = outcome(read_slowly)
+    if isinstance(expected, str):
+        assert fast == expected
+    else:
+        assert all(np.array_equal(a, b) for a, b in zip(fast, expected))
+    return fast
+
+
+@pytest.mark.parametrize("edit", [
+    lambda t: t,                                                          # the plain form
+    lambda t: t.replace('x="', "x='", 1).replace('" y=', "' y=", 1),      # single quotes
+    lambda t: t.replace('x="', 'x="&#32;', 1),                            # a character reference
+    lambda t: t.replace("<vertices>", "<vertices><!-- <vertex x='9' y='9' z='9'/> -->"),
+    lambda t: t.replace("<!--", "<![CDATA[").replace("-->", "]]>") if "<!--" in t else t,
+    lambda t: t.replace('"/></triangles>', '" p1="0" pid="3"/></triangles>'),
+    lambda t: t.replace("<resources>", "<resources><!-- <vertices></vertices> -->"),
+    lambda t: t.replace("<triangles>", '<triangles xmlns:q="urn:q">'),
+    lambda t: t.replace("<vertex ", '<vertex xmlns="urn:other" ', 1),  # not a core vertex
+    lambda t: t.replace("<vertices>", "<vertices>\n\t ").replace("/><vertex", " />\r\n<vertex"),
+    lambda t: t.replace('y="', 'y="nan', 1),
+    lambda t: t.replace('y="', 'y="1e999', 1),
+])
+def test_every_form_of_a_mesh_block_reads_as_expat_sees_it(edit):
+    mesh = trimesh.creation.icosphere(2)
+    plain_and_read(edit(model(f'<object id="1">{mesh_xml(mesh)}</object>')))
+
+
+def test_prefixed_and_foreign_namespace_blocks():
+    mesh = mesh_xml(trimesh.creation.box((1, 2, 3)))
+    prefixed = (f'<?xml version="1.0"?><c:model xmlns:c="{NS}"><c:resources><c:object id="1">'
+                + mesh.replace("<", "<c:").replace("<c:/", "</c:")
+                + '</c:object></c:resources><c:build><c:item objectid="1"/></c:build></c:model>')
+    assert plain_and_read(prefixed)[1].shape == (12, 3)
+    foreign = model(f'<object id="1"><mesh xmlns="urn:x"><vertices><vertex x="0" y="0" z="0"/>'
+                    f'</vertices></mesh></object><object id="2">{mesh}</object>',
+                    '<item objectid="2"/>')
+    assert plain_and_read(foreign)[1].shape == (12, 3)
+
+
+def test_blocks_are_read_in_pieces(monkeypatch):
+    monkeypatch.setattr(threemf, "BLOCK_PIECE", 100)
+    mesh = trimesh.creation.icosphere(3)
+    vertices, faces = read_3mf(make_3mf(model(f'<object id="1">{mesh_xml(mesh)}</object>')))
+    assert np.allclose(vertices, mesh.vertices) and np.array_equal(faces, mesh.faces)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("99999999999999999999", "non-numeric"), ("-1", "does not exist"), ("", "non-numeric"),
+    ("1.0", "non-numeric"), ("+", "non-numeric"), ("1_0", "does not exist"),
+])
+def test_odd_triangle_indices_fail_as_before(value, message):
+    text = box_model()
+    first = text.index('v3="') + 4
+    text = text[:first] + value + text[text.index('"', first):]
+    assert message in refused(make_3mf(text))
+
+
+def test_fast_path_caps_vertices(monkeypatch):
+    monkeypatch.setattr(threemf, "MAX_VERTICES", 7)
+    assert "too many" in refused(make_3mf())

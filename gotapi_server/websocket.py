@@ -1,0 +1,115 @@
+"""GotAPI-5: the event WebSocket at `/gotapi/websocket` (flask-sock, one thread per socket).
+
+The app's first message is `{"accessToken": "..."}`; the answer is `{"result": 0}` or
+`{"result": 1, "errorCode", "errorMessage"}` with Device Connect's WebSocket codes, after
+which the socket closes: 1 no accessToken, 2 no (or a disallowed) origin, 3 the token is not
+valid for this origin, 4 this origin already has a socket, 5 the message is not JSON.
+Then the socket carries the origin's events, one JSON text each. The server pings every
+KEEPALIVE seconds and drops a peer that does not answer; a closed socket unregisters the
+origin's events and the plug-ins are told (`EventHub.close`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+from typing import Any
+
+from flask import Flask
+from flask_sock import Sock
+
+from gotapi3dp.config import GotapiConfig
+from gotapi3dp.wire.errors import P3DError
+
+from .auth import AuthStore
+from .events import EventHub
+from .request_checks import request_origin
+
+log = logging.getLogger(__name__)
+
+PATH = "/gotapi/websocket"
+KEEPALIVE = 3.0            # seconds between pings (Device Connect: 3 s)
+HANDSHAKE_TIMEOUT = 10.0   # the first message must come within this
+MAX_MESSAGE = 64 * 1024
+SEND_POLL = 0.5            # how often the sender looks at the socket while idle
+
+NO_TOKEN, NO_ORIGIN, BAD_TOKEN, ALREADY_CONNECTED, UNPARSABLE = 1, 2, 3, 4, 5
+_MESSAGES = {NO_TOKEN: "accessToken is not specified.",
+             NO_ORIGIN: "origin is not specified or not allowed.",
+             BAD_TOKEN: "accessToken is invalid.",
+             ALREADY_CONNECTED: "already established.",
+             UNPARSABLE: "message is not parsable."}
+
+
+class Refused(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(_MESSAGES[code])
+        self.code = code
+
+
+def _send_json(ws: Any, body: dict[str, Any]) -> None:
+    ws.send(json.dumps(body, separators=(",", ":")))
+
+
+def handshake(raw: Any, origin: str | None, auth: AuthStore) -> None:
+    """Check the first message (None: none came in time); raise Refused(code)."""
+    if raw is None:
+        raise Refused(NO_TOKEN)
+    try:
+        message = json.loads(raw) if isinstance(raw, (str, bytes)) else None
+    except ValueError:
+        message = None
+    if not isinstance(message, dict):
+        raise Refused(UNPARSABLE)
+    token = message.get("accessToken")
+    if not isinstance(token, str) or not token:
+        raise Refused(NO_TOKEN)
+    if origin is None:
+        raise Refused(NO_ORIGIN)
+    try:
+        auth.check(token, origin, None)
+    except P3DError:
+        raise Refused(BAD_TOKEN) from None
+
+
+def _pump(ws: Any, outbox: "queue.Queue[str | None]") -> None:
+    """Send queued events until the socket closes or the hub says stop."""
+    while ws.connected:
+        try:
+            text = outbox.get(timeout=SEND_POLL)
+        except queue.Empty:
+            while ws.receive(timeout=0) is not None:  # the app has nothing to say; discard
+                pass
+            continue
+        if text is None:
+            return
+        ws.send(text)
+
+
+def init_app(app: Flask, config: GotapiConfig, auth: AuthStore, hub: EventHub) -> None:
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": KEEPALIVE,
+                                         "max_message_size": MAX_MESSAGE}
+    sock = Sock(app)
+
+    @sock.route(PATH)
+    def websocket(ws: Any) -> None:
+        try:
+            origin: str | None = request_origin(config)
+        except P3DError:
+            origin = None
+        try:
+            handshake(ws.receive(timeout=HANDSHAKE_TIMEOUT), origin, auth)
+            session = hub.open(origin or "")
+            if session is None:
+                raise Refused(ALREADY_CONNECTED)
+        except Refused as exc:
+            _send_json(ws, {"result": 1, "errorCode": exc.code, "errorMessage": str(exc)})
+            ws.close(reason=1008, message=str(exc))
+            return
+        log.info("websocket open for %s", session.origin)
+        try:
+            _send_json(ws, {"result": 0})
+            _pump(ws, session.outbox)
+        finally:
+            hub.close(session)
+            log.info("websocket closed for %s", session.origin)

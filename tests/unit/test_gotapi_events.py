@@ -1,0 +1,260 @@
+"""GotAPI-5 routing (EventHub), onJobChange registration, nonce/hmac, the origin default,
+idempotency keys on the Intent, and `bus tap` decoding (latency, filters, redaction)."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from gotapi3dp.wire.busproto import PROTOCOL, REPLY, REQUEST
+from gotapi3dp.wire.intent import Action, Intent, encode
+from gotapi_server import tap as tapmod
+from gotapi_server.events import EventHub
+from gotapi_server.websocket import (ALREADY_CONNECTED, BAD_TOKEN, NO_ORIGIN, NO_TOKEN,
+                                     UNPARSABLE, Refused, handshake)
+from plugin_host.printer3d.plugin import SPEC_PATH
+
+from .gotapi_fakes import HEADERS, ORIGIN, get_token, make_app, printer_bus
+
+SERVICE = "printer-1.printer3d"
+
+
+class NoticeBus:
+    def __init__(self) -> None:
+        self.notices: list[Intent] = []
+
+    def notify(self, intent: Intent, plugin_id: str | None = None) -> None:
+        self.notices.append(intent)
+
+
+def _event(progress: float, service: str = "printer-1") -> Intent:
+    return Intent(Action.EVENT, profile="printer3d", attribute="onJobChange",
+                  service_id=service, plugin_id="printer3d",
+                  params={"job": {"id": "j", "state": "printing", "progress": progress}})
+
+
+def test_hub_routes_in_order_to_registered_origins_only() -> None:
+    bus = NoticeBus()
+    hub = EventHub(bus)
+    a, b = hub.open("http://localhost:1"), hub.open("http://localhost:2")
+    assert a is not None and b is not None
+    hub.register("http://localhost:1", SERVICE, "printer3d", None, "onJobChange")
+    for p in range(5):
+        hub.dispatch("printer3d", _event(p))
+    hub.dispatch("printer3d", _event(9, service="printer-2"))   # another service
+    got = [json.loads(a.outbox.get_nowait()) for _ in range(a.outbox.qsize())]
+    assert [g["job"]["progress"] for g in got] == [0, 1, 2, 3, 4]
+    assert got[0]["serviceId"] == SERVICE and got[0]["profile"] == "printer3d"
+    assert got[0]["attribute"] == "onJobChange"
+    assert b.outbox.empty()
+
+
+def test_one_socket_per_origin_and_close_unregisters_and_tells_plugins() -> None:
+    bus = NoticeBus()
+    hub = EventHub(bus)
+    session = hub.open("http://localhost:1")
+    assert session is not None and hub.open("http://localhost:1") is None
+    hub.register("http://localhost:1", SERVICE, "printer3d", None, "onJobChange")
+    hub.close(session)
+    assert hub.registered("http://localhost:1") == []
+    assert [(n.action, n.origin) for n in bus.notices] == [
+        (Action.EVENT_TRANSMIT_DISCONNECT, "http://localhost:1")]
+    assert hub.open("http://localhost:1") is not None
+
+
+def test_unregister_stops_events() -> None:
+    hub = EventHub(NoticeBus())
+    session = hub.open(ORIGIN)
+    assert session is not None
+    hub.register(ORIGIN, SERVICE, "printer3d", None, "onJobChange")
+    hub.unregister(ORIGIN, SERVICE, "Printer3D", None, "onjobchange")
+    hub.dispatch("printer3d", _event(1))
+    assert session.outbox.empty()
+
+
+@pytest.mark.parametrize("raw,origin,code", [
+    (None, ORIGIN, NO_TOKEN), ('{"x": 1}', ORIGIN, NO_TOKEN), ("{", ORIGIN, UNPARSABLE),
+    ('[1]', ORIGIN, UNPARSABLE), ('{"accessToken": "t"}', None, NO_ORIGIN),
+    ('{"accessToken": "forged"}', ORIGIN, BAD_TOKEN),
+])
+def test_websocket_handshake_codes(tmp_path: Path, raw: Any, origin: str | None,
+                                   code: int) -> None:
+    app = make_app(tmp_path, bus=printer_bus())
+    with pytest.raises(Refused) as err:
+        handshake(raw, origin, app.extensions["gotapi"].auth)
+    assert err.value.code == code
+    assert ALREADY_CONNECTED == 4
+
+
+def test_websocket_handshake_accepts_a_token_of_this_origin(tmp_path: Path) -> None:
+    app = make_app(tmp_path, bus=printer_bus())
+    token = get_token(app.test_client())
+    handshake(json.dumps({"accessToken": token}), ORIGIN, app.extensions["gotapi"].auth)
+    with pytest.raises(Refused):
+        handshake(json.dumps({"accessToken": token}), "http://localhost:1",
+                  app.extensions["gotapi"].auth)
+
+
+def test_put_and_delete_onjobchange_register_with_the_hub(tmp_path: Path) -> None:
+    bus = printer_bus()
+    bus.records["printer3d"].apis = {"printer3d": json.loads(SPEC_PATH.read_text())}
+    app = make_app(tmp_path, bus=bus)
+    client = app.test_client()
+    token = get_token(client)
+    hub = app.extensions["gotapi"].events
+    body = client.put("/gotapi/printer3d/onJobChange", headers=HEADERS,
+                      data={"serviceId": SERVICE, "accessToken": token}).get_json()
+    assert body["result"] == 0
+    assert hub.registered(ORIGIN) == [(ORIGIN, SERVICE, "printer3d", "", "onjobchange")]
+    client.delete("/gotapi/printer3d/onJobChange", headers=HEADERS,
+                  query_string={"serviceId": SERVICE, "accessToken": token})
+    assert hub.registered(ORIGIN) == []
+
+
+def test_nonce_gets_hmac_of_the_registered_key(tmp_path: Path) -> None:
+    client = make_app(tmp_path).test_client()
+    key = "00112233445566778899aabbccddeeff"
+    assert client.get("/gotapi/availability", headers=HEADERS,
+                      query_string={"key": key}).get_json()["result"] == 0
+    nonce = "0a0b0c0d0e0f1011"
+    body = client.get("/gotapi/authorization/grant", headers=HEADERS,
+                      query_string={"nonce": nonce}).get_json()
+    expected = hmac.new(bytes.fromhex(key), bytes.fromhex(nonce), hashlib.sha256).hexdigest()
+    assert body["hmac"] == expected
+    other = client.get("/gotapi/authorization/grant", headers={"Origin": "http://localhost:1"},
+                       query_string={"nonce": nonce}).get_json()
+    assert "hmac" not in other  # that origin registered no key
+    assert "hmac" not in client.get("/gotapi/availability", headers=HEADERS).get_json()
+
+
+@pytest.mark.parametrize("query,code", [({"key": "zz"}, 10), ({"key": "ab" * 8}, 10),
+                                        ({"nonce": "not-hex"}, 10)])
+def test_bad_key_or_nonce_is_10(tmp_path: Path, query: dict[str, str], code: int) -> None:
+    body = make_app(tmp_path).test_client().get("/gotapi/availability", headers=HEADERS,
+                                                query_string=query).get_json()
+    assert body["errorCode"] == code
+
+
+@pytest.mark.parametrize("headers,ok", [
+    ({"Origin": "http://localhost:4035"}, True),      # the server's own web app
+    ({"Origin": "http://127.0.0.1:8080"}, True),
+    ({"Origin": "http://[::1]:4035"}, True),
+    ({"Origin": "https://evil.example"}, False),       # any web site
+    ({"Origin": "http://localhost.evil.example"}, False),
+    ({"X-GotAPI-Origin": "com.example.app"}, True),    # a native app names itself
+    ({"X-GotAPI-Origin": "null"}, False),
+])
+def test_default_origin_policy(tmp_path: Path, headers: dict[str, str], ok: bool) -> None:
+    body = make_app(tmp_path).test_client().get("/gotapi/availability",
+                                                headers=headers).get_json()
+    assert (body["result"] == 0) is ok, body
+
+
+def test_preflight_only_for_allowed_origins_by_default(tmp_path: Path) -> None:
+    client = make_app(tmp_path).test_client()
+    req = {"Access-Control-Request-Method": "PUT"}
+    good = client.options("/gotapi/printer3d/pause", headers={**req, **HEADERS})
+    assert good.status_code == 204 and good.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "Idempotency-Key" in good.headers["Access-Control-Allow-Headers"]
+    bad = client.options("/gotapi/printer3d/pause",
+                         headers={**req, "Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in bad.headers
+
+
+def test_idempotency_key_travels_in_the_intent(tmp_path: Path) -> None:
+    bus = printer_bus(lambda i: i.response({"jobId": "j"}))
+    client = make_app(tmp_path, bus=bus).test_client()
+    token = get_token(client)
+    client.post("/gotapi/printer3d/print", headers={**HEADERS, "Idempotency-Key": "k-1"},
+                data={"serviceId": SERVICE, "accessToken": token, "connectionId": "c"})
+    client.post("/gotapi/printer3d/print", headers=HEADERS,
+                data={"serviceId": SERVICE, "accessToken": token, "connectionId": "c",
+                      "idempotencyKey": "k-2"})
+    sent = [i for i, _, _ in bus.sent if i.profile == "printer3d"]
+    assert [i.idempotency_key for i in sent] == ["k-1", "k-2"]
+    assert all("idempotencyKey" not in i.params for i in sent)
+    bad = client.post("/gotapi/printer3d/print", headers={**HEADERS, "Idempotency-Key": "a b"},
+                      data={"serviceId": SERVICE, "accessToken": token, "connectionId": "c"})
+    assert bad.get_json()["errorCode"] == 10
+
+
+def _frames(direction: bytes, command: bytes, intent: Intent) -> list[bytes]:
+    return [direction, b"plugin-host-1", PROTOCOL, command, encode(intent)]
+
+
+def test_tap_latency_filters_and_redaction() -> None:
+    req = Intent(Action.POST, profile="printer3d", attribute="connect", service_id="printer-1",
+                 plugin_id="printer3d", origin=ORIGIN,
+                 params={"contentsKey": "secret-key-123", "contentId": "abc"})
+    rep = req.response({"connectionId": "c1", "token": "p3t1.AAAA"})
+    other = Intent(Action.GET, profile="serviceInformation", service_id="printer-2",
+                   plugin_id="printer3d")
+    latency, keep = tapmod.Latency(), tapmod.Filter(profile="printer3d", service=SERVICE)
+    records = []
+    for t, frames in ((1.0, _frames(b"out", REQUEST, req)), (1.0, _frames(b"out", REQUEST, other)),
+                      (1.25, _frames(b"in", REPLY, rep))):
+        record = tapmod.describe(frames, t)
+        latency.note(record)
+        if keep.keeps(record):
+            records.append(record)
+    assert [r["command"] for r in records] == ["REQUEST", "REPLY"]
+    assert records[1]["latencyMs"] == 250.0
+    text = json.dumps(records) + "".join(tapmod.format_line(r) for r in records)
+    assert "secret-key-123" not in text and "p3t1.AAAA" not in text
+    digest = hashlib.sha256(b"secret-key-123").hexdigest()[:8]
+    assert records[0]["intent"]["params"]["contentsKey"] == f"<redacted 14 chars sha256:{digest}>"
+    assert records[0]["intent"]["params"]["contentId"] == "abc"
+    assert "latency=250.00ms" in tapmod.format_line(records[1])
+
+
+def test_tap_pub_never_blocks_without_subscribers() -> None:
+    """The bus's tap is a PUB: with nobody subscribed every send returns at once."""
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 10)
+    pub.bind("tcp://127.0.0.1:*")
+    try:
+        frame = msgpack.packb({"x": "y" * 1000})
+        for _ in range(10_000):      # far beyond the HWM: dropped, never EAGAIN, never blocks
+            pub.send_multipart([b"out", frame], zmq.NOBLOCK)
+    finally:
+        pub.close(linger=0)
+        ctx.term()
+
+
+def test_tap_prints_json_lines_from_a_real_pub() -> None:
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind("tcp://127.0.0.1:*")
+    endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+    out = io.StringIO()
+    import threading
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (tapmod.tap(endpoint, True, out, stop=done,
+                                                         limit=1, profile="printer3d"),
+                                              done.set()))
+    thread.start()
+    try:
+        req = Intent(Action.GET, profile="printer3d", attribute="status",
+                     service_id="printer-1", plugin_id="printer3d",
+                     params={"accessToken": "tok"})
+        deadline = time.monotonic() + 10
+        while not done.is_set() and time.monotonic() < deadline:
+            pub.send_multipart(_frames(b"out", REQUEST, req))
+            time.sleep(0.05)
+    finally:
+        done.set()
+        thread.join(5)
+        pub.close(linger=0)
+        ctx.term()
+    line = json.loads(out.getvalue().splitlines()[0])
+    assert line["intent"]["attribute"] == "status"
+    assert line["intent"]["params"]["accessToken"].startswith("<redacted 3 chars")
