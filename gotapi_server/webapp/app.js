@@ -358,7 +358,6 @@ async function jobCommand(method, attribute, label) {
 
 // ---------------------------------------------------------------- GotAPI-5 events
 async function openEvents() {
-  if (!(await websocketOffered())) return false;
   const token = await accessToken();
   const ws = new WebSocket(`ws://${window.location.host}/gotapi/websocket`);
   const ok = await new Promise((resolve) => {
@@ -380,18 +379,6 @@ async function openEvents() {
   await gotapi("PUT", "printer3d/onJobChange", { serviceId: state.job.serviceId });
   state.wsReady = true;
   return true;
-}
-
-async function websocketOffered() {
-  // A plain GET tells whether this server has GotAPI-5 at all, without a failed handshake
-  // (a refused WebSocket is logged by the browser as an error).
-  try {
-    const response = await fetch("/gotapi/websocket", { headers: { "X-GotAPI-Origin": ORIGIN }, cache: "no-store" });
-    const body = await response.json().catch(() => null);
-    return !(body && body.result === 1 && [2, 4, 8].includes(Number(body.errorCode)));
-  } catch (err) {
-    return false;
-  }
 }
 
 function onEvent(msg) {

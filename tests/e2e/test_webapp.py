@@ -151,6 +151,7 @@ def test_print_the_sample_to_completion(app_page: Page, slow_stack: Stack) -> No
     for state in ("printing", "completed"):
         assert f"state {state}" in log
     assert p.page.locator("#error").is_hidden()
+    assert p.text("#job-channel") == "live (GotAPI-5 WebSocket)"  # events came over GotAPI-5
     assert p.errors == []
     if os.environ.get("UPDATE_SCREENSHOT"):  # refresh the README's picture on purpose only
         p.page.screenshot(path=str(DOCS_PNG), full_page=True)
