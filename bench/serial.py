@@ -1,17 +1,21 @@
 """Serial link throughput: lines/s of our host against the virtual firmware on a pty.
 
-Simulated 115200 and 250000 baud (10 bits a byte: 11520 and 25000 bytes/s, both directions),
-with and without ADVANCED_OK, beside a plain one-line-per-ok sender in the same run. The wire
-column is the host->firmware byte rate as a share of the simulated byte rate.
+Simulated 115200 and 250000 baud (a UART each way, 10 bits a byte: 11520 and 25000 bytes/s),
+with and without ADVANCED_OK, beside a plain one-line-per-ok sender in the same run. The
+firmware runs each command for `--command-time` seconds and answers `ok` when it is done,
+BUFSIZE 4, RX buffer 128 bytes. The wire column is the host->firmware byte rate as a share of
+the simulated byte rate.
 
-    python bench/serial.py [--lines N]
+    python bench/serial.py [--lines N] [--command-time S]
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 # `python bench/serial.py` puts bench/ first on sys.path, where this file would shadow pyserial.
@@ -25,6 +29,8 @@ from gotapi3dp.config import FirmwareConfig  # noqa: E402
 from printer.firmware import PtyFirmware  # noqa: E402
 from printer.gcode import format_line  # noqa: E402
 from printer.serial_link import SerialLink  # noqa: E402
+
+COMMAND_TIME = 0.001        # seconds a command runs: parse and plan a short G1 (planner not full)
 
 
 def workload(n: int) -> list[str]:
@@ -59,31 +65,47 @@ def ours(port: str, lines: list[str]) -> float:
         link.close()
 
 
-def run(baud: int, advanced_ok: bool, host: str, lines: list[str], tmp: Path) -> float:
-    config = FirmwareConfig(baud=baud // 10, advanced_ok=advanced_ok, heat_rate=1e6)
-    firmware = PtyFirmware(config, tmp / f"{baud}-{advanced_ok}-{host}.log")
-    port = firmware.start()
+def serve_firmware(config: FirmwareConfig, log: Path, conn: Connection) -> None:
+    """The firmware in its own process, as a board is: no GIL shared with the host."""
+    firmware = PtyFirmware(config, log)
+    conn.send(firmware.start())
+    conn.recv()                                  # until told to stop
+    firmware.stop()
+
+
+def run(baud: int, advanced_ok: bool, host: str, lines: list[str], tmp: Path,
+        command_time: float) -> float:
+    config = FirmwareConfig(baud=baud, advanced_ok=advanced_ok, heat_rate=1e6,
+                            command_time=command_time)
+    ours_end, its_end = multiprocessing.Pipe()
+    child = multiprocessing.get_context("fork").Process(
+        target=serve_firmware, args=(config, tmp / f"{baud}-{advanced_ok}-{host}.log", its_end))
+    child.start()
     try:
-        return (ours if host == "ours" else plain)(port, lines)
+        return (ours if host == "ours" else plain)(ours_end.recv(), lines)
     finally:
-        firmware.stop()
+        ours_end.send("stop")
+        child.join(10)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lines", type=int, default=2000)
+    parser.add_argument("--command-time", type=float, default=COMMAND_TIME,
+                        help=f"seconds the firmware runs each command (default {COMMAND_TIME})")
     args = parser.parse_args(argv)
     lines = workload(args.lines)
     wire = sum(len(format_line(n, c)) for n, c in enumerate(lines, 1))
-    print(f"{args.lines} lines, {wire / args.lines:.1f} bytes a line framed")
+    print(f"{args.lines} lines, {wire / args.lines:.1f} bytes a line framed, "
+          f"{args.command_time * 1000:g} ms a command")
     print(f"{'baud':>7} {'ADVANCED_OK':>11} {'host':>6} {'lines/s':>8} {'wire':>6} {'vs plain':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for baud in (115200, 250000):
             for advanced_ok in (False, True):
-                base = run(baud, advanced_ok, "plain", lines, Path(tmp))
+                base = run(baud, advanced_ok, "plain", lines, Path(tmp), args.command_time)
                 for host in ("plain", "ours"):
-                    seconds = base if host == "plain" else run(baud, advanced_ok, host,
-                                                               lines, Path(tmp))
+                    seconds = base if host == "plain" else run(
+                        baud, advanced_ok, host, lines, Path(tmp), args.command_time)
                     share = wire / seconds / (baud / 10)
                     print(f"{baud:>7} {'yes' if advanced_ok else 'no':>11} {host:>6} "
                           f"{len(lines) / seconds:>8.0f} {share:>6.0%} {base / seconds:>7.2f}x",

@@ -60,7 +60,7 @@ def _insert(conn: sqlite3.Connection, name: str, now: float) -> str:
                        "account name must be 1-64 characters of A-Z, a-z, 0-9, _ . @ -")
     if conn.execute("SELECT 1 FROM accounts WHERE name = ?", (name,)).fetchone():
         raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER, f"account {name!r} already exists")
-    key = secrets.token_urlsafe(KEY_BYTES)
+    key = "p3dc_" + secrets.token_urlsafe(KEY_BYTES)  # a prefix: never starts with "-", easy to scan for
     account_id = new_id()
     conn.execute("INSERT INTO accounts (id, name, api_key_hash, created) VALUES (?, ?, ?, ?)",
                  (account_id, name, hash_key(key), int(now)))

@@ -57,3 +57,14 @@ def query_data_dir(data_dir: Path, since: float, limit: int) -> list[dict[str, A
         return query(db.conn(), since, limit)
     finally:
         db.close()
+
+
+def record_data_dir(data_dir: Path, now: float, event: str, detail: str = "") -> None:
+    """Record one event from a tool run beside the server (`contents rotate-key`)."""
+    from .db import DB_FILE, Database
+    db = Database(Path(data_dir) / DB_FILE)
+    try:
+        with db.tx() as conn:
+            record(conn, now, event, detail=detail)
+    finally:
+        db.close()

@@ -4,10 +4,13 @@ Files in the contents data dir (0700), each private (0600):
     signing.key       seed of the *current* key: signs every new token
     signing.next.key  seed of the *next* key: published already, so printers pin it ahead
     retired.json      public keys of former current keys and when they were retired
+    endorsement.json  the retiring key's signature over the key set it handed over to
 
 `rotate` makes next current, retires the old current (its seed is deleted; only its public
 key is kept, to verify tokens issued before the rotation until they expire) and makes a new
-next. A running server notices a rotation by the key file changing and reloads: no restart.
+next. Before the old seed goes, it signs the new {current, next} set (the *endorsement*), so
+a printer that still pins only the old keys can follow (it missed the previous rotation).
+A running server notices a rotation by the key file changing and reloads: no restart.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ from gotapi3dp.wire.token import CLOCK_SKEW, MAX_TOKEN_TTL, b64d, b64e, key_id, 
 KEY_FILE = "signing.key"
 NEXT_FILE = "signing.next.key"
 RETIRED_FILE = "retired.json"
+ENDORSEMENT_FILE = "endorsement.json"
+DEFAULT_ISSUER = "gotapi-3dp-contents"       # ContentsConfig.issuer's default
 RETIRED_GRACE = MAX_TOKEN_TTL + CLOCK_SKEW   # a retired key verifies this long, then goes
 
 
@@ -37,6 +42,7 @@ class ServerKeys:
     signing_key: SigningKey
     next_key: SigningKey | None = None
     retired: dict[str, tuple[VerifyKey, float]] = field(default_factory=dict)
+    endorsement: dict[str, Any] | None = None   # {issuer, keys, kid, signature} of the last rotation
 
     @property
     def kid(self) -> str:
@@ -59,8 +65,12 @@ class ServerKeys:
         """The key set, signed by the current key so a printer can follow a rotation."""
         keys = self.public_list()
         sig = self.signing_key.sign(keyset_message(issuer, keys)).signature
-        return {"issuer": issuer, "keys": keys,
-                "keysSignature": {"kid": self.kid, "signature": b64e(sig)}}
+        out: dict[str, Any] = {"issuer": issuer, "keys": keys,
+                               "keysSignature": {"kid": self.kid, "signature": b64e(sig)}}
+        e = self.endorsement
+        if e is not None and e.get("issuer") == issuer and e.get("keys") == keys:
+            out["endorsement"] = {"kid": e["kid"], "signature": e["signature"]}
+        return out
 
 
 class KeyRing:
@@ -99,34 +109,62 @@ def load_or_create(data_dir: Path) -> KeyRing:
     return ring
 
 
-def rotate(data_dir: Path, now: float | None = None) -> tuple[str, str]:
+def rotate(data_dir: Path, now: float | None = None,
+           issuer: str = DEFAULT_ISSUER) -> tuple[str, str]:
     """Make next current and a new next; returns (retired kid, new current kid).
 
-    Crash-safe order: record the old public key as retired, then rename next over current
-    (atomic), then make a new next (made on the next start if this step is lost).
+    Crash-safe order: make the new next, have the old key endorse {next, new next}, record
+    the old public key as retired, then rename next over current (atomic, the commit point),
+    then move the new next in place. `issuer` must be the server's (`contents.issuer`), or
+    the endorsement is not published. The rotation is recorded in the audit log.
     """
     data_dir = Path(data_dir)
     now = time.time() if now is None else now
+    if not (data_dir / KEY_FILE).exists():
+        raise FileNotFoundError(f"no signing key in {data_dir}: nothing to rotate (the contents "
+                                "server makes its keys on first start)")
     old = _read_seed(data_dir / KEY_FILE)
     if not (data_dir / NEXT_FILE).exists():
         create_file(data_dir / NEXT_FILE, bytes(SigningKey.generate()), 0o600)
+    new, after = _read_seed(data_dir / NEXT_FILE), SigningKey.generate()
+    replace_file(data_dir / ENDORSEMENT_FILE,
+                 json.dumps(_endorse(old, issuer, [new, after])).encode(), 0o600)
     retired = [r for r in _read_retired(data_dir) if now < r["retiredAt"] + RETIRED_GRACE]
     retired.append({"kid": key_id(bytes(old.verify_key)),
                     "publicKey": b64e(bytes(old.verify_key)), "retiredAt": now})
     replace_file(data_dir / RETIRED_FILE, json.dumps(retired, indent=1).encode(), 0o600)
     os.replace(data_dir / NEXT_FILE, data_dir / KEY_FILE)
     os.utime(data_dir / KEY_FILE)         # a fresh mtime: running servers reload
-    create_file(data_dir / NEXT_FILE, bytes(SigningKey.generate()), 0o600)
-    new = _read_seed(data_dir / KEY_FILE)
-    return key_id(bytes(old.verify_key)), key_id(bytes(new.verify_key))
+    create_file(data_dir / NEXT_FILE, bytes(after), 0o600)
+    kids = key_id(bytes(old.verify_key)), key_id(bytes(new.verify_key))
+    _audit(data_dir, now, f"retired {kids[0]}, current {kids[1]}")
+    return kids
+
+
+def _endorse(old: SigningKey, issuer: str, keys: list[SigningKey]) -> dict[str, Any]:
+    """The retiring key's signature over the set it hands over to (what `published` lists)."""
+    listed = [{"kid": key_id(bytes(k.verify_key)), "publicKey": b64e(bytes(k.verify_key))}
+              for k in keys]
+    sig = old.sign(keyset_message(issuer, listed)).signature
+    return {"issuer": issuer, "keys": listed, "kid": key_id(bytes(old.verify_key)),
+            "signature": b64e(sig)}
+
+
+def _audit(data_dir: Path, now: float, detail: str) -> None:
+    from . import audit
+    audit.record_data_dir(data_dir, now, "key:rotated", detail)
 
 
 def _load(data_dir: Path) -> ServerKeys:
     nxt = data_dir / NEXT_FILE
     retired = {r["kid"]: (VerifyKey(b64d(r["publicKey"])), float(r["retiredAt"]))
                for r in _read_retired(data_dir)}
+    try:
+        endorsement = json.loads((data_dir / ENDORSEMENT_FILE).read_text())
+    except FileNotFoundError:
+        endorsement = None
     return ServerKeys(_read_seed(data_dir / KEY_FILE),
-                      _read_seed(nxt) if nxt.exists() else None, retired)
+                      _read_seed(nxt) if nxt.exists() else None, retired, endorsement)
 
 
 def _read_retired(data_dir: Path) -> list[dict[str, Any]]:

@@ -218,7 +218,7 @@ def cmd_contents_audit(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_contents_rotate_key(args: argparse.Namespace, config: Config) -> int:
     from contents_server.keys import rotate
-    old, new = rotate(config.dir_for("contents"))
+    old, new = rotate(config.dir_for("contents"), issuer=config.contents.issuer)
     print(f"signing key rotated: {old} retired (verifies tokens until they expire), {new} current; "
           f"paired printers follow with `gotapi-3dp printer keys`")
     return EXIT_OK
@@ -227,6 +227,39 @@ def cmd_contents_rotate_key(args: argparse.Namespace, config: Config) -> int:
 def cmd_stream(args: argparse.Namespace, config: Config) -> int:
     from .streaming import stream_file
     return stream_file(Path(args.file), args.port, args.baud or config.printer.baud, config, _console())
+
+
+def cmd_firmware_serve(args: argparse.Namespace, config: Config) -> int:
+    """Serve the virtual firmware on TCP, for any host that opens `socket://HOST:PORT`."""
+    import dataclasses
+    import threading
+
+    from printer.firmware import TcpFirmware
+
+    from .config import LOOPBACK_HOSTS
+    host, _, port = args.tcp.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--tcp {args.tcp}: expected HOST:PORT, e.g. 127.0.0.1:5000")
+    if host not in LOOPBACK_HOSTS and not args.allow_non_loopback:
+        raise ConfigError(f"firmware serve refuses to bind {host!r}: not a loopback address "
+                          f"(--allow-non-loopback exposes it)")
+    overrides: dict[str, Any] = {"advanced_ok": args.advanced_ok or config.printer.firmware.advanced_ok}
+    if args.baud is not None:
+        overrides["baud"] = args.baud
+    log = Path(args.log) if args.log else config.dir_for("firmware") / "executed.log"
+    firmware = TcpFirmware(dataclasses.replace(config.printer.firmware, **overrides), log,
+                           host, int(port))
+    url = firmware.start()
+    print(f"virtual firmware at {url}, executed lines to {log}; Ctrl-C stops it", flush=True)
+    stop = threading.Event()
+    _stop_on_signals(stop.set)
+    try:
+        while not stop.wait(0.2):
+            pass
+    finally:
+        firmware.stop()
+    return EXIT_OK
 
 
 def _demo_key(config: Config) -> str:
@@ -383,6 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", required=True, help="device path, socket://host:port or rfc2217://...")
     p.add_argument("--baud", type=int)
     p.set_defaults(func=cmd_stream)
+    firmware = sub.add_parser("firmware", help="the virtual Marlin-like firmware").add_subparsers(
+        dest="firmware_command", required=True)
+    p = firmware.add_parser("serve", help="serve it on TCP for a pyserial socket:// port, until Ctrl-C")
+    p.add_argument("--tcp", required=True, metavar="HOST:PORT", help="address to listen on (port 0: any)")
+    p.add_argument("--advanced-ok", action="store_true", help="answer `ok N.. P.. B..` (ADVANCED_OK)")
+    p.add_argument("--baud", type=int, help="simulated baud rate, both ways (default: no delay)")
+    p.add_argument("--log", metavar="FILE", help="executed lines (default: <data-dir>/firmware/executed.log)")
+    p.add_argument("--allow-non-loopback", action="store_true", help="listen beyond loopback")
+    p.set_defaults(func=cmd_firmware_serve)
     job = sub.add_parser("job", help="control one job on the printer").add_subparsers(
         dest="job_command", required=True)
     p = job.add_parser("resume", help="resume a paused job, or an interrupted one from the "

@@ -81,8 +81,10 @@ class FirmwareConfig:
     bufsize: int = 4
     rx_buffer: int = 128
     advanced_ok: bool = False
-    baud: int = 0                        # simulated bytes/s limit (0 = unlimited)
-    motion: bool = False                 # simulate motion time from feed rates
+    baud: int = 0                        # simulated baud, both ways, 10 bits a byte (0 = instant)
+    command_time: float = 0.0            # seconds each command runs before its `ok` (0 = none)
+    motion: bool = False                 # moves take their time from feed rates (at least
+                                         # command_time)
     heat_rate: float = 50.0              # degrees per second toward a target
     corrupt_rate: float = 0.0            # fault injection: probability a line arrives corrupted
     drop_ok_rate: float = 0.0            # fault injection: probability an `ok` is lost
@@ -132,6 +134,7 @@ class SliceProfile:
     infill_density: float = 0.2          # 0..1
     infill_pattern: str = "rectilinear"  # "rectilinear" (alternating angle) or "grid"
     infill_angle: float = 45.0
+    solid_infill_below_area: float = 70.0  # mm^2: smaller sparse pieces are printed solid
     skirt_loops: int = 1                 # 0: no skirt
     skirt_distance: float = 3.0          # gap between the skirt and the first layer
     hotend_temp: float = 210.0

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import trimesh
+if TYPE_CHECKING:
+    import trimesh
 
 SAMPLE_NAME = "calibration-piece.stl"
 
 
-def make_sample() -> trimesh.Trimesh:
+def make_sample() -> "trimesh.Trimesh":
+    import trimesh
     block = trimesh.creation.box(extents=(20.0, 20.0, 8.0))
     block.apply_translation((0.0, 0.0, 4.0))
     step = trimesh.creation.box(extents=(10.0, 10.0, 4.0))

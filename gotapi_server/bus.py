@@ -4,6 +4,9 @@ Majordomo-style broker side. Plug-in hosts connect DEALERs (routing id = host id
 their plug-ins with READY and heartbeat; Flask request threads call `Bus.request()`, which
 hands the Intent to the bus thread through a `Mailbox` (queue + wake-up pipe polled next to
 the ROUTER) and waits on a Future. Only the bus thread ever touches a ZeroMQ socket.
+
+The tap is an XPUB: the bus thread reads its subscriptions and copies frames to it only
+while some `bus tap` subscribes, so an unwatched bus pays nothing for it.
 """
 from __future__ import annotations
 
@@ -83,6 +86,7 @@ class Bus:
         # Owned by the bus thread only:
         self._router: zmq.Socket[Any] | None = None
         self._tap: zmq.Socket[Any] | None = None
+        self._tap_topics: set[bytes] = set()   # topics some tap subscriber holds
         self._hosts: dict[bytes, _Host] = {}
         self._records: dict[str, PluginRecord] = {}
         # Keyed by (requestCode, pluginId): one Intent may be fanned out to several plug-ins.
@@ -192,7 +196,7 @@ class Bus:
         router.bind(_bindable(self.endpoint))
         self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         if self.tap_endpoint:
-            tap = self._tap = self._ctx.socket(zmq.PUB)
+            tap = self._tap = self._ctx.socket(zmq.XPUB)
             tap.setsockopt(zmq.LINGER, 0)
             tap.setsockopt(zmq.SNDHWM, TAP_HWM)
             tap.bind(_bindable(self.tap_endpoint))
@@ -210,9 +214,13 @@ class Bus:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._mailbox.fd, zmq.POLLIN)
+        if self._tap is not None:
+            poller.register(self._tap, zmq.POLLIN)
         poll_ms = max(10, int(self._heartbeat * 250))
         while not self._stopping:
             events = dict(poller.poll(poll_ms))
+            if self._tap is not None and self._tap in events:
+                self._guard(self._on_subscriptions)
             if self._router in events:
                 self._receive_batch()
             if self._mailbox.fd in events:
@@ -450,8 +458,22 @@ class Bus:
         self._tap_copy(b"out", frames)
         return True
 
+    def _on_subscriptions(self) -> None:
+        """XPUB subscription frames (non-verbose: a topic's first subscribe, b"\\x01" +
+        topic, and its last unsubscribe or disconnect, b"\\x00" + topic)."""
+        assert self._tap is not None
+        for _ in range(RECV_BATCH):
+            try:
+                frame = self._tap.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if frame[:1] == b"\x01":
+                self._tap_topics.add(frame[1:])
+            elif frame[:1] == b"\x00":
+                self._tap_topics.discard(frame[1:])
+
     def _tap_copy(self, direction: bytes, frames: list[bytes]) -> None:
-        if self._tap is None:
+        if self._tap is None or not self._tap_topics:
             return
         try:
             self._tap.send_multipart([direction, *frames], zmq.NOBLOCK)

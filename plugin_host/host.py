@@ -4,6 +4,12 @@ Majordomo-worker style. The loop thread owns the DEALER: it announces the plug-i
 heartbeats, reconnects afresh (new socket, back-off) when the server goes silent or says
 DISCONNECT, and hands each REQUEST to a worker thread. Workers and plug-ins never send:
 replies and events come back through a `Mailbox` (queue + wake-up pipe) the loop polls.
+
+Fast path: a plug-in may define `answer_now(intent) -> Intent | None`, which must never
+block (no I/O, no waiting on a lock held across I/O): it answers from memory (a cache) or
+returns None. The loop thread calls it first and sends its answer at once, which saves the
+two thread hops (loop -> pool -> mailbox -> loop) of a request that needs no work; None, a
+request with an idempotency key, or an exception sends the request to the pool as before.
 """
 from __future__ import annotations
 
@@ -224,7 +230,30 @@ class PluginHost:
                 ErrorCode.NOT_SUPPORT_PROFILE,
                 f"plug-in {intent.plugin_id!r} is not on host {self._config.host_id}")))
             return
-        self._pool.submit(self._work, plugin, intent)
+        payload = self._answer_now(plugin, intent)
+        if payload is not None:
+            self._send(REPLY, payload)
+        else:
+            self._pool.submit(self._work, plugin, intent)
+
+    def _answer_now(self, plugin: Plugin, intent: Intent) -> bytes | None:
+        """The encoded REPLY if the plug-in answers from memory (see the module docstring)."""
+        answer_now = plugin.answer_now
+        if intent.idempotency_key:
+            return None
+        try:
+            reply = answer_now(intent)
+            if reply is None:
+                return None
+            if not (isinstance(reply, Intent) and reply.action is Action.RESPONSE
+                    and reply.request_code == intent.request_code):
+                raise TypeError(f"answer_now returned {type(reply).__name__}")
+            if reply.plugin_id != intent.plugin_id:
+                reply = dataclasses.replace(reply, plugin_id=intent.plugin_id)
+            return _checked(reply)
+        except Exception:  # the pool's full path answers, and reports, properly
+            log.exception("plug-in %s: answer_now failed on %s", plugin.info.id, intent.path)
+            return None
 
     # ---- worker threads -> loop ----
 

@@ -44,6 +44,11 @@ class Plugin:
         return intent.error(ErrorCode.NOT_SUPPORT_PROFILE,
                             f"{self.info.id} does not support {intent.path}")
 
+    def answer_now(self, intent: Intent) -> Intent | None:
+        """Optional fast path, called on the host's socket thread: answer from memory or
+        return None (then `handle` runs on a worker). Must never block or do I/O."""
+        return None
+
     def notice(self, intent: Intent) -> None:
         """A lifecycle notice (e.g. EVENT_TRANSMIT_DISCONNECT with `origin`); nothing to answer."""
 

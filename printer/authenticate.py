@@ -1,23 +1,28 @@
-"""Printer Authentication: open and check a sealed print token, then redeem it with a proof.
+"""Printer Authentication: check a sealed print token, redeem it with a proof, then burn it.
 
-`open_token` runs the printer's offline checks in the order of security.md §1.8 step 11:
-unseal -> kid/signature/schema/type/issuer against the pinned keys -> audience and key
-binding -> time -> local replay cache. `redeem` proves possession of the printer's signing
-key over a fresh contents-server nonce and returns where to download the model. A redeem
-whose answer is lost (connection dropped, 5xx) is re-sent with the *same* body: the
-contents server recognises it and answers the stored result, so it never spends twice.
+`authenticate` runs the whole of it in this order (docs/SECURITY.md, "Checks at the
+printer"): `check_token` (unseal -> kid/signature/schema/type/issuer against the pinned keys,
+following a key rotation once if the kid is unknown -> audience and key binding -> time),
+then `redeem` (proof of possession over a fresh contents-server nonce; the server moves the
+token ISSUED -> REDEEMED atomically), and only then `record_redeemed` puts the jti in the
+local replay cache. A token that failed before the server took it (server down) is thus
+not burnt here and can be posted again; the server's single transition is what makes a
+second print impossible, the local cache refuses any jti it has seen redeemed before.
+A redeem whose answer is lost (connection dropped, 5xx) is re-sent with the *same* body:
+the contents server recognises it and answers the stored result, so it never spends twice.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import requests
 
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.token import (
+    KID_BYTES,
     Claims,
     b64d,
     b64e,
@@ -41,6 +46,14 @@ class ReplayCache(Protocol):
     def remember_token(self, jti: bytes, exp: int) -> bool: ...
 
 
+class Pins(Protocol):
+    """The pinned trust, and a way to follow a rotation (`printer.pairing.KeyFollower`)."""
+
+    def get(self) -> Trust | None: ...
+
+    def follow(self) -> Trust | None: ...
+
+
 @dataclass(frozen=True)
 class Redemption:
     download_url: str       # absolute URL of the download capability
@@ -48,23 +61,47 @@ class Redemption:
     content: dict[str, Any]  # {id, name, format, bytes, sha256, ...} as the server says
 
 
-def open_token(token: str, keys: PrinterKeys, trust: Trust | None, replay: ReplayCache,
-               now: float | None = None) -> tuple[bytes, Claims]:
-    """Open and check a print token; returns the inner signed blob and its claims.
+@dataclass(frozen=True)
+class Checked:
+    signed: bytes           # the inner signed blob, what the redeem presents
+    claims: Claims
+    trust: Trust            # the pins it was checked against (the contents URL to redeem at)
 
-    The token's jti is recorded in `replay` as the last step, so a token is accepted once.
+
+def authenticate(token: str, keys: PrinterKeys, pins: Pins, replay: ReplayCache,
+                 http: requests.Session, timeout: float = DEFAULT_TIMEOUT,
+                 now: float | None = None) -> tuple[Claims, Redemption]:
+    """Check, redeem, then record the jti: a token is burnt here only once redeemed."""
+    checked = check_token(token, keys, pins.get(), now, follow=pins.follow)
+    redemption = redeem(checked.trust.contents_url, checked.signed, keys, http, timeout)
+    record_redeemed(replay, checked.claims)
+    return checked.claims, redemption
+
+
+def check_token(token: str, keys: PrinterKeys, trust: Trust | None, now: float | None = None,
+                follow: Callable[[], Trust | None] | None = None) -> Checked:
+    """The offline checks, with no side effect but following a rotation.
+
+    A token whose kid is not pinned makes the printer fetch the server's signed key set
+    once (`follow`, which pins it only if a pinned key signed it) and check again.
     """
     now = time.time() if now is None else now
     signed = unseal(token, keys.box_key)
     if trust is None:
         raise P3DError(ErrorCode.PRINTER_NOT_TRUSTED,
                        "no contents server is trusted yet (POST /api/trust)")
+    if follow is not None and signed[:KID_BYTES].hex() not in trust.keys:
+        trust = follow() or trust
     claims = verify_signed(signed, trust.keys, trust.issuer)
     check_audience(claims, keys.printer_id, keys.sign_public)
     check_time(claims, now)
+    return Checked(signed, claims, trust)
+
+
+def record_redeemed(replay: ReplayCache, claims: Claims) -> None:
+    """Burn the jti locally; one seen before is refused even though the server took it."""
     if not replay.remember_token(claims.jti, claims.exp):
         raise P3DError(ErrorCode.TOKEN_REPLAYED, "this token was already used")
-    return signed, claims
 
 
 def redeem(contents_url: str, signed: bytes, keys: PrinterKeys, http: requests.Session,

@@ -3,11 +3,15 @@
 `VirtualFirmware` answers bytes with bytes, as Marlin 2 does: numbered lines need checksums and
 consecutive numbers, errors ask for a resend, a repeat of the last line is dropped silently
 (current Marlin; `duplicate_ok` answers it with `ok` as older ones did), heaters move toward
-their targets in the simulated time given to it. Faults come from configuration: corrupted
-lines, corrupted or dropped bytes in both directions, lost `ok`s, a reboot. It logs every line
-it accepts and executes, raw, so a test can compare what ran with what was sent.
+their targets in the simulated time given to it. A command holds its slot of the BUFSIZE
+command buffer while it runs, `command_time` seconds (or its motion time), and is answered
+with `ok` when it is done, as Marlin's `process_parsed_command` does. Faults come from
+configuration: corrupted lines, corrupted or dropped bytes in both directions, lost `ok`s, a
+reboot. It logs every line it accepts and executes, raw, so a test can compare what ran with
+what was sent.
 `PtyFirmware` runs one on a pseudo-terminal that pyserial opens like any serial port;
-`TcpFirmware` serves one on a TCP port (pyserial `socket://host:port`).
+`TcpFirmware` serves one on a TCP port (pyserial `socket://host:port`). Both put a simulated
+UART between the port and the core: at `baud` each byte takes 10 bits' time, both ways.
 """
 from __future__ import annotations
 
@@ -64,6 +68,7 @@ class _Wait:
     done: Callable[[], bool]
     number: int | None
     heating: bool = False
+    end: float | None = None     # a timed wait (command or motion time) ends then
 
 
 @dataclass
@@ -144,6 +149,10 @@ class VirtualFirmware:
         """What the board prints after a reset."""
         return b"start\n"
 
+    def wake_at(self) -> float | None:
+        """When the running command's time is up (call `tick` then), if it is timed."""
+        return self._wait.end if self._wait is not None else None
+
     def _send(self, out: list[str]) -> bytes:
         return self._garble(_encode(out), self.config.reply_error_rate)
 
@@ -189,7 +198,7 @@ class VirtualFirmware:
     def _service(self, out: list[str]) -> None:
         """Move lines from RX into the command buffer; execute until blocked or empty."""
         while not self.halted:
-            while len(self._ring) < self.config.bufsize and not self.halted:
+            while self._ring_free() > 0 and not self.halted:
                 raw = self._take_line()
                 if raw is None:
                     break
@@ -197,6 +206,10 @@ class VirtualFirmware:
             if self._wait is not None or not self._ring or self.halted:
                 return
             self._execute(self._ring.popleft(), out)
+
+    def _ring_free(self) -> int:
+        """Free command slots; a running command keeps its slot until it is done."""
+        return self.config.bufsize - len(self._ring) - (self._wait is not None)
 
     def _take_line(self) -> bytes | None:
         while True:
@@ -303,6 +316,8 @@ class VirtualFirmware:
             result = None
         else:
             result = handler(self, params, out)
+        if result is None:
+            result = self._delay(self.config.command_time)
         if isinstance(result, _Wait):
             result.number = queued.number
             self._start_wait(result)
@@ -392,16 +407,22 @@ class VirtualFirmware:
                 if axis != "E":
                     distance += (goal - motion.pos[axis]) ** 2
                 motion.pos[axis] = goal
-        return self._delay(math.sqrt(distance) / (motion.feedrate / 60.0))
+        return self._motion_delay(math.sqrt(distance) / (motion.feedrate / 60.0))
 
     def _dwell(self, params: dict[str, float], out: list[str]) -> object:
-        return self._delay(params.get("S", params.get("P", 0.0) / 1000.0))
+        return self._motion_delay(params.get("S", params.get("P", 0.0) / 1000.0))
+
+    def _motion_delay(self, seconds: float) -> _Wait | None:
+        """Motion time when `motion` is on; never less than the command time."""
+        if not self.config.motion:
+            return None
+        return self._delay(max(seconds, self.config.command_time))
 
     def _delay(self, seconds: float) -> _Wait | None:
-        if not self.config.motion or seconds <= 0 or self._now is None:
+        if seconds <= 0 or self._now is None:
             return None
         end = self._now + seconds
-        return _Wait(lambda: (self._now or 0.0) >= end, None)
+        return _Wait(lambda: (self._now or 0.0) >= end, None, end=end)
 
     def _home(self, params: dict[str, float], out: list[str]) -> object:
         axes = [a for a in "XYZ" if a in params] or list("XYZ")
@@ -475,90 +496,139 @@ def _encode(lines: list[str]) -> bytes:
     return "".join(line + "\n" for line in lines).encode("ascii", "replace")
 
 
-class _Pacer:
-    """A byte budget refilled at `rate` bytes/s (0 = unlimited)."""
+class _Wire:
+    """One direction of a simulated UART: bytes put on it arrive one after another, each
+    10 bits after the last at `baud` (0 = at once)."""
 
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self.burst = max(1, rate // 50)
-        self.tokens = float(self.burst)
-        self.stamp = time.monotonic()
+    def __init__(self, baud: int) -> None:
+        self.byte_time = 10.0 / baud if baud > 0 else 0.0
+        self.data = bytearray()
+        self.clock = 0.0                 # arrival time of the last byte put on the wire
 
-    def allowance(self, now: float) -> int:
-        if self.rate <= 0:
-            return 1 << 16
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        return int(self.tokens)
+    def put(self, data: bytes, t: float) -> None:
+        """Start sending `data` at `t`, or when the bytes before it are through."""
+        if data:
+            self.clock = max(self.clock, t) + len(data) * self.byte_time
+            self.data += data
 
-    def spend(self, n: int) -> None:
-        if self.rate > 0:
-            self.tokens -= n
+    def arrival(self, i: int) -> float:
+        """When the byte at index `i` of what is on the wire has arrived."""
+        return self.clock - (len(self.data) - 1 - i) * self.byte_time
+
+    def arrived(self, t: float) -> int:
+        """How many bytes, from the front, have arrived by `t`."""
+        if not self.data or self.byte_time == 0.0:
+            return len(self.data)
+        late = math.ceil((self.clock - t) / self.byte_time - 1e-9)
+        return max(0, len(self.data) - max(0, late))
+
+    def next_line_at(self) -> float | None:
+        """When the next whole line (or, with no newline, the last byte) will have arrived."""
+        if not self.data:
+            return None
+        newline = self.data.find(b"\n")
+        return self.arrival(newline if newline >= 0 else len(self.data) - 1)
+
+    def take(self, n: int) -> bytes:
+        data = bytes(self.data[:n])
+        del self.data[:n]
+        return data
 
 
 class _Served:
-    """A `VirtualFirmware` behind one file descriptor (pty master or socket), paced at the
-    configured byte rate in both directions; the serving thread's loop."""
+    """A `VirtualFirmware` behind one file descriptor (pty master or socket), with a
+    simulated UART each way; the serving thread's loop.
+
+    Bytes written by the host are read at once (the host's driver holds them) and reach the
+    core as they arrive on the wire; the core runs every event at its own simulated time
+    (a line's arrival, a command's end), so the simulation does not drift with the loop.
+    """
 
     def __init__(self, core: VirtualFirmware, config: FirmwareConfig, stop: threading.Event,
                  packet_mode: bool = False) -> None:
         self.core, self.stop, self.packet_mode = core, stop, packet_mode
-        self.pace_in, self.pace_out = _Pacer(config.baud), _Pacer(config.baud)
+        self.inbound, self.outbound = _Wire(config.baud), _Wire(config.baud)
         self.closed = False
 
     def run(self, fd: int, greet: bool, boot: float = 0.0) -> None:
         """Serve until stopped or the peer hangs up (EOF on a socket). With `greet`, `start`
         is sent after `boot` seconds (a board booting; a host flushes its input on open)."""
-        out = bytearray()
         greet_at = time.monotonic() + boot if greet else None
         while not self.stop.is_set() and not self.closed:
             now = time.monotonic()
             if greet_at is not None and now >= greet_at:
-                out[:0], greet_at = self.core.greet(), None
-            can_read = self.pace_in.allowance(now) > 0
-            writers = [fd] if out and self.pace_out.allowance(now) > 0 else []
-            readable, writable, _ = select.select([fd] if can_read else [], writers, [], 0.01)
+                self.outbound.put(self.core.greet(), now)
+                greet_at = None
+            sending = self.outbound.arrived(now) > 0
+            readable, writable, _ = select.select([fd], [fd] if sending else [], [],
+                                                  self._timeout(now, greet_at))
+            now = time.monotonic()
             if readable:
-                out += self._read(fd)
-            out += self.core.tick(time.monotonic())
-            if writable and out:
-                self._write(fd, out)
+                self._read(fd, now)
+            self._simulate(now)
+            if writable or self.outbound.arrived(now) > 0:
+                self._write(fd, now)
 
-    def _read(self, fd: int) -> bytes:
+    def _timeout(self, now: float, greet_at: float | None) -> float:
+        """Until the next event: a line in, a reply line out, a command's end (10 ms at most)."""
+        events = [t for t in (self.inbound.next_line_at(), self.outbound.next_line_at(),
+                              self.core.wake_at(), greet_at) if t is not None and t > now]
+        return min([now + 0.01, *events]) - now
+
+    def _simulate(self, now: float) -> None:
+        """Run the core through every event up to `now`, in order, each at its own time."""
+        core, inbound = self.core, self.inbound
+        while True:
+            wake = core.wake_at()
+            n = inbound.arrived(now if wake is None else min(now, wake))
+            if n:
+                newline = inbound.data.find(b"\n", 0, n)
+                n = newline + 1 if newline >= 0 else n
+                t = inbound.arrival(n - 1)
+                self.outbound.put(core.feed(inbound.take(n), t), t)
+            elif wake is not None and wake <= now:
+                self.outbound.put(core.tick(wake), wake)
+            else:
+                break
+        self.outbound.put(core.tick(now), now)
+
+    def _read(self, fd: int, now: float) -> None:
         try:
-            data = os.read(fd, min(4096, self.pace_in.allowance(time.monotonic()) + 1))
+            data = os.read(fd, 4096)
         except (BlockingIOError, InterruptedError):
-            return b""
+            return
         except OSError:
             self.closed = True
-            return b""
+            return
         if not data:
             self.closed = not self.packet_mode        # EOF: the socket peer went away
-            return b""
+            return
         if self.packet_mode:
             if data[0] != 0:
-                return self._reset() if data[0] & 0x01 else b""   # TIOCPKT_FLUSHREAD
+                if data[0] & 0x01:                    # TIOCPKT_FLUSHREAD: the port was opened
+                    self._reset(now)
+                return
             data = data[1:]
-        self.pace_in.spend(len(data))
-        return self.core.feed(data, time.monotonic())
+        self.inbound.put(data, now)
 
-    def _reset(self) -> bytes:
+    def _reset(self, now: float) -> None:
         """The port was opened: a halted board (M112) comes back, as DTR resets a real one."""
         if self.core.halted:
             self.core.reset()
-        return self.core.greet()
+        self.outbound.put(self.core.greet(), now)
 
-    def _write(self, fd: int, out: bytearray) -> None:
-        limit = self.pace_out.allowance(time.monotonic())
+    def _write(self, fd: int, now: float) -> None:
+        n = self.outbound.arrived(now)
+        if not n:
+            return
         try:
-            written = os.write(fd, bytes(out[:limit]))
+            written = os.write(fd, bytes(self.outbound.data[:n]))
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self.closed = True
             return
-        self.pace_out.spend(written)
-        del out[:written]
+        self.outbound.take(written)
 
 
 class PtyFirmware:

@@ -322,6 +322,14 @@ def opened(region: BaseGeometry, radius: float) -> BaseGeometry:
     return polygons_only(shapely.make_valid(shapely.intersection(grown, region)))
 
 
+def grown_within(region: BaseGeometry, distance: float, limit: BaseGeometry) -> BaseGeometry:
+    """Region grown by `distance` (mm), clipped to `limit`; unchanged if either is empty."""
+    if region.is_empty or distance <= 0:
+        return region
+    grown = shapely.buffer(region, distance, quad_segs=4)
+    return polygons_only(shapely.make_valid(shapely.intersection(grown, limit)))
+
+
 def ring_area(loop: np.ndarray) -> float:
     """Signed shoelace area of one (m, 2) loop; positive = counter-clockwise."""
     return float(signed_areas(loop, np.zeros(1, dtype=np.int64))[0])

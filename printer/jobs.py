@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress REAL NOT NULL DEFAULT 0,
     layer INTEGER NOT NULL DEFAULT 0,
     layers INTEGER NOT NULL DEFAULT 0,
+    sliced INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     content_id TEXT,
     created_at REAL NOT NULL,
@@ -49,8 +50,11 @@ CREATE TABLE IF NOT EXISTS seen_tokens (
     seen_at REAL NOT NULL
 );
 """
-_COLUMNS = "id, state, progress, layer, layers, error, content_id, created_at, updated_at, stats"
-_FIELDS = {"progress", "layer", "layers", "error", "content_id", "stats"}
+_COLUMNS = ("id, state, progress, layer, layers, sliced, error, content_id, created_at, "
+            "updated_at, stats")
+_FIELDS = {"progress", "layer", "layers", "sliced", "error", "content_id", "stats"}
+# Columns added after the first release: (name, definition), added to older databases on open.
+_MIGRATIONS = (("sliced", "INTEGER NOT NULL DEFAULT 0"),)
 _JSON_FIELDS = {"error", "stats"}
 log = logging.getLogger(__name__)
 REPLAY_KEEP = 3600  # seconds past `exp` a jti is kept (expired tokens fail before the cache)
@@ -88,10 +92,18 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._subscribers: list[Callable[[JobRecord], None]] = []
         self._pending: deque[JobRecord] = deque()
         self._deliver_lock = threading.RLock()
         self.interrupted_at_start = self._interrupt_active()
+
+    def _migrate(self) -> None:
+        """Add the columns a database from an older version lacks."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, definition in _MIGRATIONS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
 
     def subscribe(self, callback: Callable[[JobRecord], None]) -> None:
         """Call `callback(record)` after every committed change (create, transition,
@@ -197,8 +209,27 @@ class JobStore:
         self._deliver()
         return self.require(job_id)
 
+    def reopen(self, job_id: str) -> bool:
+        """Queue a `failed` job again (its redeem never reached the contents server).
+
+        Outside the state machine on purpose: only the printer's accept path calls it, for a
+        token whose redemption failed before the contents server answered. False if the job
+        is not failed.
+        """
+        with self._lock:
+            with self._tx() as db:
+                cur = db.execute("UPDATE jobs SET state=?, error=NULL, progress=0, layer=0, "
+                                 "layers=0, sliced=0, updated_at=? WHERE id=? AND state=?",
+                                 (JobState.QUEUED.value, self._clock(), job_id,
+                                  JobState.FAILED.value))
+                changed = cur.rowcount == 1
+            if changed:
+                self._committed(job_id)
+        self._deliver()
+        return changed
+
     def update_progress(self, job_id: str, **fields: Any) -> None:
-        """Set progress/layer/layers/stats of a job without changing its state."""
+        """Set progress/layer/layers/sliced/stats of a job without changing its state."""
         updates = _encode_fields(fields)
         updates["updated_at"] = self._clock()
         with self._lock:
@@ -251,9 +282,9 @@ def _update(db: sqlite3.Connection, job_id: str, updates: dict[str, Any]) -> Non
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:
-    (job_id, state, progress, layer, layers, error, content_id,
+    (job_id, state, progress, layer, layers, sliced, error, content_id,
      created_at, updated_at, stats) = row
     view = JobView(id=job_id, state=state, progress=round(float(progress), 2), layer=int(layer),
-                   layers=int(layers), error=json.loads(error) if error else None,
+                   layers=int(layers), sliced=int(sliced), error=json.loads(error) if error else None,
                    content_id=content_id, created_at=created_at, updated_at=updated_at)
     return JobRecord(view, json.loads(stats) if stats else {})

@@ -64,7 +64,7 @@ def load_or_create(data_dir: Path, printer_id: str, name: str) -> PrinterKeys:
     sign_seed = read_or_create(data_dir / "sign.key", lambda: bytes(SigningKey.generate()))
     box_raw = read_or_create(data_dir / "box.key", lambda: bytes(PrivateKey.generate()))
     api_key = read_or_create(data_dir / "api.key",
-                      lambda: secrets.token_urlsafe(API_KEY_BYTES).encode("ascii"))
+                      lambda: ("p3dp_" + secrets.token_urlsafe(API_KEY_BYTES)).encode("ascii"))
     if len(sign_seed) != KEY_BYTES or len(box_raw) != KEY_BYTES:
         raise ValueError(f"corrupt key file in {data_dir} (expected {KEY_BYTES} bytes)")
     text = api_key.decode("ascii").strip()

@@ -7,7 +7,8 @@ and returns one picklable `LayerPlan` per layer (numpy paths and shapely regions
 
 Skin (solid infill) of layer i is the part of its infill area that is not covered by every
 one of the `top_layers` layers above and the `bottom_layers` layers below; beyond the model
-counts as uncovered, so the first and last layers are solid.
+counts as uncovered, so the first and last layers are solid. Skin then grows by the wall
+thickness into the sparse part, and sparse pieces under `solid_infill_below_area` become skin.
 """
 from __future__ import annotations
 
@@ -117,7 +118,9 @@ def _plan_island(piece: BaseGeometry, index: int, width: float,
              for level in range(profile.perimeters)]
     depth = width * (profile.perimeters - INFILL_OVERLAP) if profile.perimeters else width / 2
     inner = geometry.inset(piece, depth) if profile.perimeters else piece
-    sparse, skin = _split_solid(inner, cover, width)
+    sparse, skin = _split_solid(inner, cover, width, width * profile.perimeters)
+    if profile.infill_density > 0:
+        sparse, skin = _solidify_small(sparse, skin, profile.solid_infill_below_area)
     island = Island(piece, [w for w in walls if w])
     angle = profile.infill_angle if index % 2 == 0 else -profile.infill_angle
     island.skin = geometry.rectilinear(skin, width, angle)
@@ -127,9 +130,13 @@ def _plan_island(piece: BaseGeometry, index: int, width: float,
     return None
 
 
-def _split_solid(inner: BaseGeometry, cover: list[BaseGeometry] | None,
-                 width: float) -> tuple[BaseGeometry, BaseGeometry]:
-    """(sparse, skin) parts of an island's infill area."""
+def _split_solid(inner: BaseGeometry, cover: list[BaseGeometry] | None, width: float,
+                 expand: float) -> tuple[BaseGeometry, BaseGeometry]:
+    """(sparse, skin) parts of an island's infill area.
+
+    Skin narrower than SKIN_MIN_WIDTH line widths is dropped; the rest grows by `expand` mm
+    (the wall thickness) into the sparse part, so its edges rest on infill lines, not gaps.
+    """
     if cover is None or inner.is_empty:
         return inner, shapely.Polygon()
     if not cover:
@@ -144,7 +151,21 @@ def _split_solid(inner: BaseGeometry, cover: list[BaseGeometry] | None,
     if sparse is inner:
         return inner, shapely.Polygon()
     skin = geometry.opened(shapely.difference(inner, sparse), width * SKIN_MIN_WIDTH / 2)
+    skin = geometry.grown_within(skin, expand, inner)
     return geometry.polygons_only(shapely.difference(inner, skin)), skin
+
+
+def _solidify_small(sparse: BaseGeometry, skin: BaseGeometry,
+                    below: float) -> tuple[BaseGeometry, BaseGeometry]:
+    """Move sparse pieces smaller than `below` mm^2 to the skin: they would hold only a few
+    unanchored infill stubs that support nothing."""
+    pieces = geometry.islands(sparse)
+    small = [p for p in pieces if p.area < below]
+    if not small:
+        return sparse, skin
+    keep = [p for p in pieces if p.area >= below]
+    return (shapely.MultiPolygon(keep) if keep else shapely.Polygon(),
+            geometry.polygons_only(shapely.union_all([skin, *small])))
 
 
 def _sparse_infill(region: BaseGeometry, width: float, angle: float,

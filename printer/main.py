@@ -22,10 +22,11 @@ from gotapi3dp.wire.ids import check_printer_id
 from gotapi3dp.wire.jobs import JobState
 from gotapi3dp.wire.token import job_id_for
 
-from .authenticate import open_token, redeem
+from .authenticate import authenticate
 from .jobs import JobRecord, JobStore
 from .keys import PrinterKeys, load_or_create
-from .runner import MODEL_FORMATS, JobRunner, Work
+from .pairing import KeyFollower
+from .runner import MODEL_FORMATS, JobRunner, StreamFn, Work, whole_file_stream
 from .trust import TrustStore
 
 if TYPE_CHECKING:
@@ -62,18 +63,24 @@ class Printer:
     def accept(self, token: str, now: float | None = None) -> tuple[JobRecord, bool]:
         """Steps 9-10: check and redeem `token`, then hand the job to the runner.
 
-        Returns (job, created). The same token returns its existing job. A busy printer
-        answers PRINTER_BUSY before the token is touched (it stays redeemable); a token that
-        fails leaves a `failed` job carrying the error, which is re-raised.
+        Returns (job, started). The same token returns its existing job, except one that
+        failed before the contents server could be reached (CONTENTS_UNAVAILABLE): that job
+        id is reused, the job goes back to `queued` and is tried again (one token, one job;
+        the server's single ISSUED -> REDEEMED keeps it to one print). A busy printer answers
+        PRINTER_BUSY before the token is touched (it stays redeemable); a token that fails
+        leaves a `failed` job carrying the error, which is re-raised.
         """
         job_id = job_id_for(token)
         with self._accept_lock:
             existing = self.jobs.get(job_id)
-            if existing is not None:
+            if existing is not None and not _retryable(existing):
                 return existing, False
             self.runner.reserve(job_id)
             try:
-                self.jobs.create(job_id)
+                if existing is None:
+                    self.jobs.create(job_id)
+                else:
+                    self.jobs.reopen(job_id)   # failed -> queued, error cleared
                 work = self._authenticate(job_id, token, now)
             except Exception as exc:
                 self.runner.release(job_id)
@@ -83,12 +90,10 @@ class Printer:
 
     def _authenticate(self, job_id: str, token: str, now: float | None) -> Work:
         self.jobs.transition(job_id, JobState.AUTHENTICATING)
-        trust = self.trust.get()         # read once: POST /api/trust may replace it
-        signed, claims = open_token(token, self.keys, trust, self.jobs, now)
+        pins = KeyFollower(self.trust, self.http, self.config.http_timeout)
+        claims, redemption = authenticate(token, self.keys, pins, self.jobs, self.http,
+                                          timeout=self.config.http_timeout, now=now)
         self.jobs.update_progress(job_id, content_id=claims.cid)
-        contents_url = trust.contents_url if trust is not None else ""  # open_token checked
-        redemption = redeem(contents_url, signed, self.keys, self.http,
-                            timeout=self.config.http_timeout)
         fmt = redemption.content.get("format")
         if fmt not in MODEL_FORMATS:
             raise P3DError(ErrorCode.CONTENT_INVALID, f"unknown model format {fmt!r}")
@@ -124,6 +129,12 @@ class Printer:
         self.jobs.close()
 
 
+def _retryable(job: JobRecord) -> bool:
+    """A job that failed before its token was redeemed, for a reason that may pass."""
+    error = job.view.error or {}
+    return job.state is JobState.FAILED and error.get("code") == ErrorCode.CONTENTS_UNAVAILABLE
+
+
 def build(config: Config) -> Printer:
     """Assemble the printer process in a fixed order; starts the firmware and the runner."""
     pc = config.printer
@@ -139,7 +150,7 @@ def build(config: Config) -> Printer:
     http = requests.Session()
     try:
         runner = JobRunner(jobs, data_dir / "jobs", keys, pc.slicer,
-                           lambda: _make_link(pc, port), _slice_fn(), http,
+                           lambda: _make_link(pc, port), _slicer(), http,
                            safe_state_first=bool(jobs.interrupted_at_start))
         runner.start()
     except BaseException:
@@ -173,6 +184,13 @@ def _make_link(pc: PrinterConfig, port: str) -> "SerialLink":
 def _slice_fn() -> Callable[..., "SliceResult"]:
     from .slicer import slice_file
     return slice_file
+
+
+def _slicer() -> StreamFn:
+    """The runner's streaming slicer; a replaced `_slice_fn` is run whole, then streamed."""
+    from .slicer import slice_file, stream_gcode
+    fn = _slice_fn()
+    return stream_gcode if fn is slice_file else whole_file_stream(fn)
 
 
 def serve(config: Config) -> None:

@@ -4,10 +4,12 @@ The printer signs its pairing request with its own signing key, keeps the secret
 code to itself (it never leaves this process), shows the short user code and its keys'
 fingerprint, and once the user confirmed the code at the contents server, pins the server's
 {current, next} signing keys. `follow_rotation` later moves the pins along a key rotation,
-accepting a new key set only when it is signed by a key already pinned.
+accepting a new key set only when it is signed (or endorsed, by the key it replaced) by a
+key already pinned. `KeyFollower` does that by itself when a token names an unknown key id.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ from .trust import MAX_KEYS, Trust, TrustStore, is_http_url, trust_from_map
 START_PATH = "/api/pairing"
 POLL_PATH = "/api/pairing/poll"
 KEYS_PATH = "/api/keys"
+FOLLOW_INTERVAL = 30.0      # at most one automatic key-set fetch per this many seconds
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,14 +102,48 @@ class Pairing:
 
     def follow_rotation(self) -> dict[str, Any]:
         """Fetch the server's key set and pin it if a pinned key signed it."""
-        trust = self._trust.get()
-        if trust is None:
-            raise P3DError(ErrorCode.PRINTER_NOT_TRUSTED, "pair the printer first")
-        published = call(self._http, "GET", trust.contents_url + KEYS_PATH,
-                         timeout=self._timeout, unavailable=ErrorCode.CONTENTS_UNAVAILABLE)
-        new = follow_rotation(trust, published)
-        self._trust.set(new)
+        new = refresh_trust(self._trust, self._http, self._timeout)
         return {"issuer": new.issuer, "keys": sorted(new.keys)}
+
+
+def refresh_trust(store: TrustStore, http: requests.Session, timeout: float) -> Trust:
+    """Fetch the contents server's key set; pin it only if a pinned key signed it."""
+    trust = store.get()
+    if trust is None:
+        raise P3DError(ErrorCode.PRINTER_NOT_TRUSTED, "pair the printer first")
+    published = call(http, "GET", trust.contents_url + KEYS_PATH, timeout=timeout,
+                     unavailable=ErrorCode.CONTENTS_UNAVAILABLE)
+    new = follow_rotation(trust, published)
+    store.set(new)
+    return new
+
+
+class KeyFollower:
+    """The pins as `printer.authenticate` sees them: follows a rotation when a token shows one.
+
+    `follow` fetches the key set at most once per FOLLOW_INTERVAL (a plug-in can seal junk
+    with random key ids to the printer's public box key; it must not make us fetch for each)
+    and never raises: a set it refuses, or a server it cannot reach, leaves the pins as they
+    are, and the token then fails its key-id check as before.
+    """
+
+    def __init__(self, store: TrustStore, http: requests.Session, timeout: float,
+                 interval: float = FOLLOW_INTERVAL) -> None:
+        self._store, self._http, self._timeout = store, http, timeout
+        self._interval = interval
+
+    def get(self) -> Trust | None:
+        return self._store.get()
+
+    def follow(self) -> Trust | None:
+        """The refreshed pins, or None when not fetched or refused."""
+        if not self._store.claim_refresh(time.monotonic(), self._interval):
+            return None
+        try:
+            return refresh_trust(self._store, self._http, self._timeout)
+        except P3DError as exc:
+            log.warning("contents key set not followed: %s (%s)", exc.message, exc.code.name)
+            return None
 
 
 def _pinned_trust(published: dict[str, Any], contents_url: str) -> Trust:
@@ -122,25 +160,32 @@ def follow_rotation(trust: Trust, published: dict[str, Any]) -> Trust:
         raise P3DError(ErrorCode.TOKEN_KID, "the key set names another issuer")
     new = trust_from_map({"issuer": trust.issuer, "contentsUrl": trust.contents_url,
                           "keys": published.get("keys")})
-    _check_keyset_signature(published, trust.keys)
+    _check_keyset_signature(published, trust.keys, endorsed=True)
     # keep the old pins a while: tokens signed before the rotation stay valid until expiry
     kept = {kid: key for kid, key in trust.keys.items() if kid not in new.keys}
     keys = {**new.keys, **dict(list(kept.items())[:max(0, MAX_KEYS - len(new.keys))])}
     return Trust(trust.issuer, trust.contents_url, keys)
 
 
-def _check_keyset_signature(published: dict[str, Any], keys: dict[str, Any]) -> None:
-    sig = published.get("keysSignature")
+def _check_keyset_signature(published: dict[str, Any], keys: dict[str, Any],
+                            endorsed: bool = False) -> None:
+    """The set's own signature, or (`endorsed`) the retired key's endorsement, by a pinned key.
+
+    The endorsement is the signature the previous current key made over this very set when
+    it was rotated out: with it, pins {K0, K1} follow the set {K2, K3} (two rotations on).
+    """
     listed = published.get("keys")
-    if not isinstance(sig, dict) or not isinstance(listed, list):
+    sigs = [published.get("keysSignature")] + ([published.get("endorsement")] if endorsed else [])
+    sigs = [s for s in sigs if isinstance(s, dict)]
+    if not sigs or not isinstance(listed, list):
         raise P3DError(ErrorCode.TOKEN_SIGNATURE, "the key set is not signed")
-    key = keys.get(sig.get("kid"))
     try:
-        signature = p3t.b64d(sig.get("signature"))  # type: ignore[arg-type]
         message = p3t.keyset_message(str(published.get("issuer")), listed)
+        signed = [(keys.get(s.get("kid")), p3t.b64d(s.get("signature"))) for s in sigs]
     except (ValueError, KeyError, TypeError):
         raise P3DError(ErrorCode.TOKEN_SIGNATURE, "the key set signature is malformed") from None
-    if key is None or not p3t.verify_detached(key, message, signature):
+    if not any(key is not None and p3t.verify_detached(key, message, signature)
+               for key, signature in signed):
         raise P3DError(ErrorCode.TOKEN_SIGNATURE, "the key set is not signed by a pinned key")
 
 

@@ -7,6 +7,7 @@ Nothing here does I/O on a port; `scan` reads a G-code file. Command indices cou
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -98,6 +99,43 @@ class Layers:
     def start_of(self, layer: int) -> int:
         """Command index where `layer` (1-based) begins; 0 for layer 0."""
         return self.starts[layer - 1] if layer >= 1 else 0
+
+
+class LayerMarks:
+    """The command range of each layer, learnt as the G-code streams in (or from a whole
+    file), and the layer and progress a print has reached after N commands.
+
+    Progress counts layers, the one in progress by its share of commands done, so it is
+    known before the slicer has produced the last layer (the file's length is not).
+    """
+
+    def __init__(self, layers: int, starts: Iterable[int] = (), ends: Iterable[int] = ()):
+        self.layers = layers
+        self.starts, self.ends = list(starts), list(ends)
+
+    @classmethod
+    def of_file(cls, marks: Layers, layers: int) -> LayerMarks:
+        """A whole file's layers; the last one runs to the file's end."""
+        return cls(layers, marks.starts, [*marks.starts[1:], marks.total])
+
+    def add(self, start: int, end: int) -> None:
+        """The next layer is commands `start` to `end` - 1."""
+        self.starts.append(start)
+        self.ends.append(end)
+
+    def layer_at(self, index: int) -> int:
+        """The layer (1-based) command `index` belongs to, at most `layers`; 0 before any."""
+        layer = bisect_right(self.starts, index)
+        return min(layer, self.layers) if self.layers else layer
+
+    def progress(self, acked: int) -> float:
+        """Percent done once `acked` commands ran: whole layers plus the share of this one."""
+        layer = self.layer_at(acked)
+        if layer == 0 or not self.layers:
+            return 0.0
+        start, end = self.starts[layer - 1], self.ends[layer - 1]
+        part = min(1.0, (acked - start) / (end - start)) if end > start else 1.0
+        return 100.0 * min(1.0, (layer - 1 + part) / self.layers)
 
 
 def scan_layers(lines: Iterable[str]) -> Layers:

@@ -1,7 +1,7 @@
 """The pinned contents-server trust: issuer, contents URL and signing keys, kept on disk.
 
-Set by `POST /api/trust` (the pairing step); every print token must be signed by one of these
-keys. Written atomically (temp file, fsync, rename, fsync dir) so a crash never leaves half a
+Set by `POST /api/trust` or pairing, moved along key rotations (`printer.pairing`); every
+print token must be signed by one of these keys. Written atomically (temp file, fsync, rename, fsync dir) so a crash never leaves half a
 trust file.
 """
 from __future__ import annotations
@@ -77,6 +77,15 @@ class TrustStore:
         self._path = Path(path)
         self._lock = threading.Lock()
         self._trust = self._load()
+        self._refreshed_at: float | None = None
+
+    def claim_refresh(self, now: float, interval: float) -> bool:
+        """True (and the slot is taken) if the pins were not refreshed in the last `interval` s."""
+        with self._lock:
+            if self._refreshed_at is not None and now < self._refreshed_at + interval:
+                return False
+            self._refreshed_at = now
+            return True
 
     def get(self) -> Trust | None:
         return self._trust

@@ -51,13 +51,18 @@ def can_transition(old: JobState, new: JobState) -> bool:
 
 @dataclass
 class JobView:
-    """The job as apps see it (`printer3d/job`, `onJobChange`)."""
+    """The job as apps see it (`printer3d/job`, `onJobChange`).
+
+    `layer`/`layers` is the layer printing; `sliced` the layers sliced so far (the slicer
+    streams, so it runs ahead of `layer` and reaches `layers` before the print ends).
+    """
 
     id: str
     state: str
     progress: float = 0.0
     layer: int = 0
     layers: int = 0
+    sliced: int = 0
     error: dict[str, Any] | None = None
     content_id: str | None = None
     created_at: float = 0.0

@@ -35,8 +35,9 @@ SPEC_PATH = Path(__file__).with_name("printer3d.json")
 IDENTITY_TIMEOUT = 1.5
 EVENT_ATTRIBUTE = "onJobChange"
 STATUS_TTL = 1.0  # seconds a cached status is served while the printer's job stream is live
-_JOB_KEYS = ("id", "state", "progress", "layer", "layers", "error", "contentId", "createdAt",
-             "updatedAt")
+STATUS_STALE_MAX = 3.0  # while one refresh is in flight, others get the cache up to this old
+_JOB_KEYS = ("id", "state", "progress", "layer", "layers", "sliced", "error", "contentId",
+             "createdAt", "updatedAt")
 
 Handler = Callable[[PrinterEntry, Intent], dict[str, Any]]
 
@@ -62,8 +63,9 @@ class Printer3DPlugin(Plugin):
         self._clients = {p.service_id: PrinterClient(p.url, p.api_key, http_timeout) for p in printers}
         self._contents = contents
         self._connections = connections
-        self._lock = threading.Lock()  # guards the five dicts below
+        self._lock = threading.Lock()  # guards the six collections below
         self._status: dict[str, tuple[float, dict[str, Any]]] = {}   # service -> (time, status)
+        self._refreshing: set[str] = set()                            # status asked right now
         self._live: dict[str, bool] = {}                               # service -> stream up
         self._last_job: dict[tuple[str, str], tuple[Any, ...]] = {}   # (service, job) -> seen
         self._listeners: dict[tuple[str, str], int] = {}              # (origin, service)
@@ -155,15 +157,29 @@ class Printer3DPlugin(Plugin):
         self._clients[printer.service_id].resume(_param(intent, "jobId"))
         return {}
 
+    def answer_now(self, intent: Intent) -> Intent | None:
+        """The host's fast path (never blocks): `GET status` answered from the cache, or
+        None (anything else, or no usable cache entry) for `handle` on a worker thread."""
+        if (intent.action is not Action.GET or intent.profile.lower() != PROFILE
+                or intent.interface or (intent.attribute or "").lower() != "status"):
+            return None
+        printer = self._printers.get(intent.service_id or "")
+        cached = self._cached_status(printer.service_id, False) if printer else None
+        return intent.response(cached) if cached is not None else None
+
     def status(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
         """Served from cache while the printer's job stream is live (any job change drops
-        the entry, temperatures are at most STATUS_TTL old); else asked from the printer."""
+        the entry, temperatures are at most STATUS_TTL old, or STATUS_STALE_MAX while
+        another request is refreshing it); else asked from the printer, once at a time."""
         sid = printer.service_id
-        with self._lock:
-            cached = self._status.get(sid) if self._live.get(sid) else None
-        if cached is not None and time.monotonic() - cached[0] < STATUS_TTL:
-            return dict(cached[1])
-        status = self._clients[sid].status()
+        cached = self._cached_status(sid, True)
+        if cached is not None:
+            return cached
+        try:
+            status = self._clients[sid].status()
+        finally:
+            with self._lock:
+                self._refreshing.discard(sid)
         answer = {"state": status["state"], "temperatures": status["temperatures"]}
         if status.get("jobId"):
             answer["jobId"] = status["jobId"]
@@ -171,6 +187,19 @@ class Printer3DPlugin(Plugin):
             if self._live.get(sid):
                 self._status[sid] = (time.monotonic(), answer)
         return dict(answer)
+
+    def _cached_status(self, sid: str, refresh: bool) -> dict[str, Any] | None:
+        """A copy of the usable cache entry, or None; `refresh`: a None makes the caller
+        the one refreshing it (the others get the stale entry meanwhile)."""
+        with self._lock:
+            entry = self._status.get(sid) if self._live.get(sid) else None
+            age = time.monotonic() - entry[0] if entry is not None else 0.0
+            if entry is not None and (age < STATUS_TTL or (
+                    sid in self._refreshing and age < STATUS_STALE_MAX)):
+                return dict(entry[1])
+            if refresh:
+                self._refreshing.add(sid)
+            return None
 
     def add_listener(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
         """PUT onJobChange: the server routes this printer's job events to the app's socket."""

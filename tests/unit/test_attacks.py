@@ -8,6 +8,7 @@ talks to the real contents server app through a requests adapter, not a fake.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 from typing import Any, Callable
@@ -22,10 +23,10 @@ from contents_server import pairing as cs_pairing
 from contents_server.services import EXTENSION
 from gotapi3dp.wire import token as p3t
 from gotapi3dp.wire.errors import ErrorCode, P3DError
-from printer.authenticate import open_token, redeem
+from printer.authenticate import authenticate, check_token, record_redeemed, redeem
 from printer.jobs import JobStore
 from printer.keys import load_or_create
-from printer.pairing import Pairing, follow_rotation
+from printer.pairing import KeyFollower, Pairing, follow_rotation
 from printer.trust import TrustStore
 
 from .contents_support import Env, PrinterSim, box_stl, make_3mf, make_env
@@ -37,23 +38,37 @@ BASE = "http://contents.test"
 # --- plumbing: the printer's HTTP client wired to the contents server app --------------
 
 class FlaskAdapter(requests.adapters.BaseAdapter):
-    """requests -> Flask test client; `lose` drops the next N answers after the server ran."""
+    """requests -> Flask test client; `lose` drops the next N redeem answers after the server
+    ran, `down` refuses every connection, `answers` replaces the answer for a path."""
 
     def __init__(self, env: Env) -> None:
         super().__init__()
-        self.env, self.lose, self.calls = env, 0, 0
+        self.env, self.lose, self.calls, self.down = env, 0, 0, False
+        self.answers: dict[str, Any] = {}
+        self.fetched: list[str] = []            # every GET /api/keys
 
     def send(self, request: requests.PreparedRequest, **kw: Any) -> requests.Response:
         self.calls += 1
         path = request.url[len(BASE):] if request.url else "/"
+        if self.down:
+            raise requests.ConnectionError("contents server down")
+        if path == "/api/keys":
+            self.fetched.append(path)
+        if path in self.answers:
+            return self._answer(request, 200, json.dumps(self.answers[path]).encode())
         r = self.env.app.test_client().open(path, method=request.method,
                                             headers=dict(request.headers), data=request.body)
         if self.lose > 0 and path.startswith("/api/redeem") and not path.endswith("challenge"):
             self.lose -= 1
             raise requests.ConnectionError("answer lost")
+        return self._answer(request, r.status_code, r.data, dict(r.headers))
+
+    @staticmethod
+    def _answer(request: requests.PreparedRequest, status: int, data: bytes,
+                headers: dict[str, str] | None = None) -> requests.Response:
         resp = requests.Response()
-        resp.status_code, resp._content = r.status_code, r.data
-        resp.headers.update(dict(r.headers))
+        resp.status_code, resp._content = status, data
+        resp.headers.update(headers or {"Content-Type": "application/json"})
         resp.url, resp.request = request.url or "", request
         return resp
 
@@ -128,6 +143,14 @@ def rig(tmp_path, monkeypatch) -> Rig:
     content_id = env.upload(box_stl(), "box.stl").json["id"]
     yield Rig(env, http, adapter, keys, trust, jobs, sim, content_id)
     jobs.close()
+
+
+def open_token(token: str, keys: Any, trust: Any, jobs: JobStore,
+               now: float | None = None) -> tuple[bytes, p3t.Claims]:
+    """check_token, then burn the jti (what authenticate does around the redeem)."""
+    checked = check_token(token, keys, trust, now)
+    record_redeemed(jobs, checked.claims)
+    return checked.signed, checked.claims
 
 
 def code(fn: Callable[[], Any]) -> int:
@@ -487,13 +510,15 @@ def test_rotated_key_old_tokens_live_until_expiry_new_tokens_use_the_next_key(ri
 
 def test_printer_follows_a_rotation_only_when_signed_by_a_pinned_key(rig, tmp_path):
     trust = rig.trust.get()
-    server_keys.rotate(rig.env.data_dir, now=rig.env.clock())
-    server_keys.rotate(rig.env.data_dir, now=rig.env.clock())        # two: next is unknown
+    for _ in range(3):                                   # three: no pinned key signed the set
+        server_keys.rotate(rig.env.data_dir, now=rig.env.clock())
     published = rig.env.client.get("/api/keys").json
     assert code(lambda: follow_rotation(trust, published)) == ErrorCode.TOKEN_SIGNATURE
     env2 = make_env(tmp_path / "cs2")
     mallory = env2.client.get("/api/keys").json                     # another server's set
     assert code(lambda: follow_rotation(trust, mallory)) == ErrorCode.TOKEN_SIGNATURE
+    unsigned = {k: v for k, v in published.items() if k not in ("keysSignature", "endorsement")}
+    assert code(lambda: follow_rotation(trust, unsigned)) == ErrorCode.TOKEN_SIGNATURE
     assert rig.trust.get() == trust
 
 
@@ -506,13 +531,103 @@ def test_printer_follows_one_rotation(rig):
     assert set(trust.keys) <= set(new.keys)        # old pins kept for tokens still in flight
 
 
-def test_unknown_kid_after_two_missed_rotations(rig):
+def test_rotation_is_endorsed_by_the_retiring_key_and_audited(rig):
+    before = rig.svc.keys.snapshot()
     server_keys.rotate(rig.env.data_dir, now=rig.env.clock())
     server_keys.rotate(rig.env.data_dir, now=rig.env.clock())
+    published = rig.env.client.get("/api/keys").json
+    assert published["endorsement"]["kid"] == p3t.key_id(bytes(before.next_key.verify_key))
+    new = follow_rotation(rig.trust.get(), published)   # pins {K0, K1}, set {K2, K3}
+    assert {k["kid"] for k in published["keys"]} <= set(new.keys)
+    events = [e for e in rig.svc.db.all("SELECT event, detail FROM audit")
+              if e["event"] == "key:rotated"]
+    assert len(events) == 2 and before.kid in events[0]["detail"]
+
+
+def authenticate_now(rig: Rig, token: str, interval: float = 0.0) -> Any:
+    """The printer's whole path: check (following a rotation), redeem, burn the jti."""
+    pins = KeyFollower(rig.trust, rig.http, 10.0, interval=interval)
+    return authenticate(token, rig.keys, pins, rig.jobs, rig.http, now=rig.env.clock())
+
+
+def test_printer_follows_two_missed_rotations_by_itself(rig):
+    server_keys.rotate(rig.env.data_dir, now=rig.env.clock())
+    server_keys.rotate(rig.env.data_dir, now=rig.env.clock())
+    token = rig.token()                                  # signed by K2: not pinned
+    assert claims_of(rig, token).kid not in rig.trust.get().keys
+    claims, redemption = authenticate_now(rig, token)
+    assert claims.kid in rig.trust.get().keys and rig.state(token) == "REDEEMED"
+    assert redemption.download_url.startswith(BASE + "/api/download/")
+
+
+def test_unknown_kid_after_three_missed_rotations(rig):
+    trust = rig.trust.get()
+    for _ in range(3):
+        server_keys.rotate(rig.env.data_dir, now=rig.env.clock())
     token = rig.token()
-    assert code(lambda: open_token(token, rig.keys, rig.trust.get(), rig.jobs)) \
-        == ErrorCode.TOKEN_KID
-    assert rig.state(token) == "ISSUED"
+    assert code(lambda: authenticate_now(rig, token)) == ErrorCode.TOKEN_KID
+    assert rig.state(token) == "ISSUED" and rig.trust.get() == trust
+    assert rig.jobs.remember_token(claims_of(rig, token).jti, 2**40)   # cache not burnt
+
+
+@pytest.mark.parametrize("which", ["unsigned", "foreign"])
+def test_printer_never_follows_an_unsigned_or_foreign_key_set(rig, which):
+    """A key set answered by someone else (DNS, proxy) that lists the forger's key."""
+    trust = rig.trust.get()
+    mallory = SigningKey.generate()
+    keys = [{"kid": p3t.key_id(bytes(mallory.verify_key)),
+             "publicKey": p3t.b64e(bytes(mallory.verify_key))}]
+    fake: dict[str, Any] = {"issuer": ISSUER, "keys": keys}
+    if which == "foreign":
+        sig = mallory.sign(p3t.keyset_message(ISSUER, keys)).signature
+        fake["keysSignature"] = {"kid": keys[0]["kid"], "signature": p3t.b64e(sig)}
+        fake["endorsement"] = dict(fake["keysSignature"])
+    rig.adapter.answers["/api/keys"] = fake
+    token = forge(rig, signer=mallory)
+    assert code(lambda: authenticate_now(rig, token)) == ErrorCode.TOKEN_KID
+    assert rig.adapter.fetched == ["/api/keys"] and rig.trust.get() == trust
+    assert_clean(rig, token)
+
+
+def test_key_set_fetches_are_rate_limited(rig):
+    for _ in range(3):
+        server_keys.rotate(rig.env.data_dir, now=rig.env.clock())
+    token = rig.token()
+    pins = KeyFollower(rig.trust, rig.http, 10.0, interval=3600)
+    for _ in range(3):
+        assert code(lambda: authenticate(token, rig.keys, pins, rig.jobs, rig.http)) \
+            == ErrorCode.TOKEN_KID
+    assert rig.adapter.fetched == ["/api/keys"]
+
+
+# --- a redeem that fails is not burnt ---------------------------------------------------
+
+def test_server_down_does_not_burn_the_token(rig):
+    token = rig.token()
+    rig.adapter.down = True
+    assert code(lambda: authenticate_now(rig, token)) == ErrorCode.CONTENTS_UNAVAILABLE
+    rig.adapter.down = False
+    assert rig.state(token) == "ISSUED" and rig.used() == 0
+    authenticate_now(rig, token)                          # the same token, posted again
+    assert rig.state(token) == "REDEEMED" and rig.used() == 1
+    assert code(lambda: authenticate_now(rig, token)) == ErrorCode.TOKEN_REPLAYED
+    assert rig.used() == 1
+
+
+def test_all_answers_lost_then_retried_is_one_print(rig):
+    token = rig.token()
+    rig.adapter.lose = 3                      # the server committed; every answer was lost
+    assert code(lambda: authenticate_now(rig, token)) == ErrorCode.CONTENTS_UNAVAILABLE
+    assert rig.state(token) == "REDEEMED" and rig.used() == 1
+    # a new attempt has a new nonce: not the stored request, so the server refuses it
+    assert code(lambda: authenticate_now(rig, token)) == ErrorCode.TOKEN_REPLAYED
+    assert rig.used() == 1
+
+
+def test_a_jti_seen_before_is_refused_even_if_the_server_takes_it(rig):
+    token = rig.token()
+    assert rig.jobs.remember_token(claims_of(rig, token).jti, 2**40)   # burnt locally
+    assert code(lambda: authenticate_now(rig, token)) == ErrorCode.TOKEN_REPLAYED
 
 
 def start_body(keys: Any, now: float, signer: SigningKey | None = None) -> dict[str, Any]:

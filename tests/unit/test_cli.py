@@ -110,3 +110,30 @@ def test_slice_profile_errors_are_clear(tmp_path: Path) -> None:
     out = run("slice", str(sample_path()), "-o", str(tmp_path / "x.gcode"), "--preview",
               str(tmp_path / "p"), "--layers", "a")
     assert out.returncode == 1 and "--layers a: expected layer numbers" in out.stderr
+
+
+def test_firmware_serve_on_tcp_streams_through_a_socket_url(tmp_path: Path) -> None:
+    import signal
+
+    refused = run("firmware", "serve", "--tcp", "0.0.0.0:0", timeout=30)
+    assert refused.returncode == 1 and "not a loopback address" in refused.stderr
+    gcode = tmp_path / "move.gcode"
+    gcode.write_text("G28\n" + "".join(f"G1 X{i} Y{i} F3000\n" for i in range(100)))
+    log = tmp_path / "fw.log"
+    server = subprocess.Popen([sys.executable, "-m", "gotapi3dp.cli", "--data-dir", str(tmp_path / "d"),
+                               "firmware", "serve", "--tcp", "127.0.0.1:0", "--advanced-ok",
+                               "--baud", "250000", "--log", str(log)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().split()[3].rstrip(",")        # "virtual firmware at URL, ..."
+        assert url.startswith("socket://127.0.0.1:")
+        out = run("stream", str(gcode), "--port", url)
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=10)
+    assert out.returncode == 0, out.stderr
+    assert "lines 101" in out.stdout and server.returncode == 0
+    executed = [line.split(" ", 1)[1].rsplit("*", 1)[0] for line in log.read_text().splitlines()
+                if not any(own in line for own in ("M110", "M155", "M105"))]
+    assert executed == ["G28"] + [f"G1 X{i} Y{i} F3000" for i in range(100)]

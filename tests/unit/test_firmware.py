@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import serial
 
 from gotapi3dp.config import FirmwareConfig
@@ -220,7 +221,7 @@ def test_pty_firmware_serves_a_serial_port(tmp_path):
 
 
 def test_pty_firmware_baud_limit_paces_output(tmp_path):
-    firmware = PtyFirmware(FirmwareConfig(baud=2000), tmp_path / "fw.log")
+    firmware = PtyFirmware(FirmwareConfig(baud=20000), tmp_path / "fw.log")
     port = firmware.start()
     try:
         with serial.Serial(port, 115200, timeout=2.0) as link:
@@ -230,7 +231,7 @@ def test_pty_firmware_baud_limit_paces_output(tmp_path):
                 link.write(format_line(n, "M105"))
                 link.readline()
             elapsed = time.monotonic() - started
-        # 40 replies of 41 bytes at 2000 bytes/s, less a 40-byte burst: 0.8 s
+        # 40 replies of 41 bytes at 2000 bytes/s (20000 baud): 0.82 s
         assert elapsed > 0.7
     finally:
         firmware.stop()
@@ -265,5 +266,54 @@ def test_reopening_the_port_resets_a_halted_board(tmp_path):
             assert link.readline() == b"start\n"
             link.write(format_line(1, "G28"))
             assert link.readline() == b"ok\n"
+    finally:
+        firmware.stop()
+
+
+def test_command_time_delays_the_ok_and_holds_a_buffer_slot():
+    fw, log = make(command_time=0.01, bufsize=2, advanced_ok=True)
+    assert send(fw, 1, "G1 X1", now=0.0) == []              # running: no ok yet
+    assert fw.wake_at() == 0.01
+    assert send(fw, 2, "G1 X2", now=0.001) == []            # takes the last free slot
+    assert fw.feed(format_line(3, "G1 X3"), 0.002) == b""    # buffer full: waits in RX
+    assert fw.tick(0.005) == b""
+    assert fw.tick(0.01) == b"ok N1 P16 B1\n"               # N3 taken in, N2 starts running
+    assert fw.tick(0.02) == b"ok N2 P16 B1\n" and fw.tick(0.03) == b"ok N3 P16 B2\n"
+    assert len(log) == 3 and fw.wake_at() is None
+
+
+def test_motion_time_is_at_least_the_command_time():
+    fw, _ = make(motion=True, command_time=0.5)
+    send(fw, 1, "G1 X1 F6000", now=0.0)                      # 10 ms of motion
+    assert fw.tick(0.4) == b"" and fw.tick(0.5) == b"ok\n"
+
+
+def test_wire_delivers_one_byte_per_ten_bits():
+    from printer.firmware import _Wire
+    wire = _Wire(10000)                                      # 1 ms a byte
+    wire.put(b"ab\n", 1.0)
+    assert wire.arrived(1.0) == 0 and wire.arrived(1.0015) == 1
+    assert wire.next_line_at() == pytest.approx(1.003) and wire.arrived(1.0031) == 3
+    wire.put(b"c\n", 1.001)                                  # queued behind the first line
+    assert wire.arrival(4) == pytest.approx(1.005)
+    instant = _Wire(0)                                       # baud 0: no delay
+    instant.put(b"x\n", 5.0)
+    assert instant.arrived(5.0) == 2
+
+
+def test_pty_firmware_command_time_and_baud_make_one_line_per_ok_slow(tmp_path):
+    firmware = PtyFirmware(FirmwareConfig(baud=115200, command_time=0.005), tmp_path / "fw.log")
+    port = firmware.start()
+    try:
+        with serial.Serial(port, 115200, timeout=2.0) as link:
+            link.readline()
+            started = time.monotonic()
+            for n in range(1, 21):
+                link.write(format_line(n, "G1 X1.000 Y1.000"))
+                assert link.readline() == b"ok\n"
+            elapsed = time.monotonic() - started
+        # each: the line in at 11520 bytes/s, 5 ms running, 3 bytes of `ok` out
+        per_line = (len(format_line(20, "G1 X1.000 Y1.000")) + 3) / 11520 + 0.005
+        assert 20 * per_line < elapsed < 20 * per_line + 1.0
     finally:
         firmware.stop()

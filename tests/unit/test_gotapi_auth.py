@@ -101,3 +101,57 @@ def test_token_survives_a_restart(tmp_path: Path) -> None:
     body = client.get("/gotapi/serviceDiscovery", headers=HEADERS,
                       query_string={"accessToken": token + "x"}).get_json()
     assert body["errorCode"] == 11
+
+
+def test_check_cache_is_invalidated_by_revoke_expiry_and_age(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """A remembered token row is checked like a fresh one and never outlives the token."""
+    import gotapi_server.auth as auth_mod
+
+    now = [1_000_000.0]
+    store = AuthStore(tmp_path, token_lifetime=60, clock=lambda: now[0])
+    token, _, _ = store.access_token(ORIGIN, store.grant(ORIGIN), "printer3d", "app")
+    store.check(token, ORIGIN, "printer3d")  # now remembered
+    assert _code(lambda: store.check(token, OTHER, "printer3d")) == ErrorCode.AUTHORIZATION
+    assert _code(lambda: store.check(token, ORIGIN, "light")) == ErrorCode.SCOPE
+    store.revoke(token)
+    assert _code(lambda: store.check(token, ORIGIN, "printer3d")) == ErrorCode.AUTHORIZATION
+
+    token, _, _ = store.access_token(ORIGIN, store.grant(ORIGIN), "printer3d", "app")
+    store.check(token, ORIGIN, "printer3d")
+    now[0] += 61
+    assert _code(lambda: store.check(token, ORIGIN, None)) == ErrorCode.EXPIRED_ACCESS_TOKEN
+
+    # A row deleted by another process is refused once the remembered copy is CACHE_SECONDS old.
+    now[0] = 1_000_000.0
+    token, _, _ = store.access_token(ORIGIN, store.grant(ORIGIN), "printer3d", "app")
+    store.check(token, ORIGIN, "printer3d")
+    AuthStore(tmp_path, token_lifetime=60).revoke(token)
+    store.check(token, ORIGIN, "printer3d")  # still remembered
+    monkeypatch.setattr(auth_mod, "CACHE_SECONDS", 0.0)
+    assert _code(lambda: store.check(token, ORIGIN, "printer3d")) == ErrorCode.AUTHORIZATION
+
+
+def test_unknown_tokens_are_not_remembered_and_threads_share_nothing(tmp_path: Path) -> None:
+    import threading
+
+    store = AuthStore(tmp_path, token_lifetime=3600)
+    token, _, _ = store.access_token(ORIGIN, store.grant(ORIGIN), "printer3d", "app")
+    for i in range(50):
+        assert _code(lambda i=i: store.check(f"guess-{i}", ORIGIN, None)) == ErrorCode.AUTHORIZATION
+    assert len(store._grants) == 0
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(20):
+                store.check(token, ORIGIN, "printer3d")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors

@@ -135,6 +135,34 @@ def test_response_echoes_request_code(bus, hosts) -> None:
     assert reply.params == {"echo": {"word": "hello"}, "service": "svc1"}
 
 
+class CachedPlugin(EchoPlugin):
+    """`answer_now` answers `cached` from memory, says None to `miss`, fails on `boom`."""
+
+    info = PluginInfo("cached", "Cached", "1.0", ["echo"])
+
+    def answer_now(self, intent: Intent) -> Intent | None:
+        if "boom" in intent.params:
+            raise RuntimeError("boom")
+        if "cached" not in intent.params:
+            return None
+        return intent.response({"thread": threading.current_thread().name})
+
+    def handle(self, intent: Intent) -> Intent:
+        return intent.response({"thread": threading.current_thread().name})
+
+
+def test_answer_now_skips_the_pool_and_falls_back_to_handle(bus, hosts) -> None:
+    hosts(plugins=[CachedPlugin()])
+    fast = bus.request(get(cached=1), "cached", 5.0).params["thread"]
+    slow = bus.request(get(), "cached", 5.0).params["thread"]
+    failed = bus.request(get(boom=1, cached=1), "cached", 5.0).params["thread"]
+    keyed = Intent(Action.PUT, profile="echo", attribute="say", service_id="svc1",
+                   params={"cached": 1}, idempotency_key="k1")
+    assert not fast.startswith("plugin")        # the loop thread answered
+    assert slow.startswith("plugin") and failed.startswith("plugin")
+    assert bus.request(keyed, "cached", 5.0).params["thread"].startswith("plugin")
+
+
 def test_host_answers_service_discovery(bus, hosts) -> None:
     hosts()
     intent = Intent(Action.GET, profile="networkServiceDiscovery", attribute="getNetworkServices")
@@ -408,3 +436,41 @@ def test_serve_runs_until_sigterm(bus, monkeypatch) -> None:
     assert seen == [True]
     assert signal.getsignal(signal.SIGTERM) is before
     assert wait_until(lambda: not online(bus, "echo"), timeout=2)
+
+
+def test_printer3d_status_fast_path_and_one_refresh_at_a_time(monkeypatch) -> None:
+    """`answer_now` serves a fresh cache only; a stale one is refreshed by one worker while
+    the others get the stale copy (up to STATUS_STALE_MAX), not one printer call each."""
+    from gotapi3dp.config import PrinterEntry
+    from plugin_host.printer3d import plugin as p3d
+
+    class NoStore:
+        def close(self) -> None: ...
+
+    plugin = p3d.Printer3DPlugin([PrinterEntry()], None, NoStore(), 1.0,  # type: ignore[arg-type]
+                                 follow_jobs=False)
+    release, calls = threading.Event(), []
+
+    class Client:
+        def status(self) -> dict[str, Any]:
+            calls.append(1)
+            if len(calls) > 1:
+                release.wait(5)
+            return {"state": "idle", "temperatures": {"n": len(calls)}}
+    plugin._clients["printer-1"] = Client()  # type: ignore[assignment]
+    ask = Intent(Action.GET, profile="printer3d", attribute="status", service_id="printer-1")
+    assert plugin.answer_now(ask) is None                  # nothing cached: not now
+    plugin._on_live("printer-1", True)
+    assert plugin.handle(ask).params["temperatures"] == {"n": 1}
+    assert plugin.answer_now(ask).params["temperatures"] == {"n": 1}   # fresh: from memory
+    assert plugin.answer_now(get()) is None                 # other paths never
+    monkeypatch.setattr(p3d, "STATUS_TTL", 0.0)            # now stale
+    assert plugin.answer_now(ask) is None
+    with ThreadPoolExecutor(4) as pool:
+        refresher = pool.submit(plugin.handle, ask)
+        assert wait_until(lambda: len(calls) == 2)
+        others = [pool.submit(plugin.handle, ask) for _ in range(3)]
+        assert [f.result(5).params["temperatures"] for f in others] == [{"n": 1}] * 3
+        release.set()
+        assert refresher.result(5).params["temperatures"] == {"n": 2}
+    assert len(calls) == 2

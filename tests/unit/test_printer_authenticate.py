@@ -9,8 +9,8 @@ from nacl.public import PublicKey
 from nacl.signing import SigningKey
 
 from gotapi3dp.wire.errors import ErrorCode, P3DError
-from gotapi3dp.wire.token import TOKEN_PREFIX, seal, unseal
-from printer.authenticate import open_token, redeem
+from gotapi3dp.wire.token import TOKEN_PREFIX, key_id, seal, unseal
+from printer.authenticate import authenticate, check_token, record_redeemed, redeem
 from printer.jobs import JobStore
 from printer.keys import load_or_create
 from printer.trust import trust_from_map
@@ -39,6 +39,13 @@ def store(tmp_path):
 
 def _mint(cs, keys, **kw):
     return cs.mint(keys.printer_id, keys.sign_public, keys.box_public, **kw)
+
+
+def open_token(token, keys, trust, store, now=None):
+    """check_token, then burn the jti (what authenticate does around the redeem)."""
+    checked = check_token(token, keys, trust, now)
+    record_redeemed(store, checked.claims)
+    return checked.signed, checked.claims
 
 
 def _code(fn) -> int:
@@ -152,3 +159,92 @@ def test_redeem_unreachable(keys):
     with requests.Session() as http:
         assert _code(lambda: redeem("http://127.0.0.1:9", b"x" * 100, keys, http, timeout=2)) \
             == ErrorCode.CONTENTS_UNAVAILABLE
+
+
+def test_check_token_follows_a_rotation_once_for_an_unknown_kid(cs, keys, store):
+    old = trust_from_map(cs.trust_map())
+    cs.cs_key = SigningKey.generate()          # the server rotated; we missed it
+    cs.kid = key_id(bytes(cs.cs_key.verify_key))
+    new = trust_from_map(cs.trust_map())
+    calls: list[int] = []
+
+    def follow():
+        calls.append(1)
+        return new
+    checked = check_token(_mint(cs, keys), keys, old, follow=follow)
+    assert calls == [1] and checked.trust is new and checked.claims.kid == cs.kid
+    # a known kid never fetches; a follow that refuses leaves TOKEN_KID
+    check_token(_mint(cs, keys), keys, new, follow=follow)
+    assert calls == [1]
+    assert _code(lambda: check_token(_mint(cs, keys), keys, old, follow=lambda: None)) \
+        == ErrorCode.TOKEN_KID
+
+
+def test_check_token_has_no_side_effect(cs, keys, store):
+    trust = trust_from_map(cs.trust_map())
+    token = _mint(cs, keys)
+    first = check_token(token, keys, trust)
+    assert check_token(token, keys, trust).claims == first.claims   # not burnt by a check
+    record_redeemed(store, first.claims)
+    assert _code(lambda: record_redeemed(store, first.claims)) == ErrorCode.TOKEN_REPLAYED
+
+
+def test_authenticate_burns_the_jti_only_after_the_redeem(cs, keys, store):
+    trust = trust_from_map({**cs.trust_map(), "contentsUrl": "http://127.0.0.1:9"})
+    pins = _Pins(trust)
+    token = _mint(cs, keys)
+    with requests.Session() as http:
+        assert _code(lambda: authenticate(token, keys, pins, store, http, timeout=2)) \
+            == ErrorCode.CONTENTS_UNAVAILABLE
+        pins.trust = trust_from_map(cs.trust_map())          # the server is back
+        claims, red = authenticate(token, keys, pins, store, http)
+        assert claims.jti in cs.redeemed and red.download_url.startswith(cs.url)
+        assert _code(lambda: authenticate(token, keys, pins, store, http)) \
+            == ErrorCode.TOKEN_REPLAYED
+
+
+class _Pins:
+    def __init__(self, trust):
+        self.trust = trust
+
+    def get(self):
+        return self.trust
+
+    def follow(self):
+        return None
+
+
+@pytest.mark.skipif(not hasattr(JobStore, "reopen"),
+                    reason="needs JobStore.reopen(job_id): failed -> queued, error cleared")
+def test_accept_retries_a_token_that_failed_before_redemption(tmp_path, monkeypatch):
+    from gotapi3dp.config import Config
+    from gotapi3dp.wire.jobs import JobState
+    from gotapi3dp.wire.token import job_id_for
+    from printer import main as printer_main
+
+    from .test_printer_helpers import FakeLink, FakeSlicer
+
+    class NoFirmware:
+        def start(self):
+            return "/dev/pts/fake"
+
+        def stop(self):
+            pass
+    monkeypatch.setattr(printer_main, "_make_link", lambda pc, port: FakeLink())
+    monkeypatch.setattr(printer_main, "_make_firmware", lambda config, path: NoFirmware())
+    monkeypatch.setattr(printer_main, "_slice_fn", lambda: FakeSlicer())
+    printer = printer_main.build(Config(data_dir=tmp_path / "data"))
+    cs = FakeContents(printer.keys.sign_public)
+    try:
+        printer.trust.set(trust_from_map({**cs.trust_map(), "contentsUrl": "http://127.0.0.1:9"}))
+        token = _mint(cs, printer.keys)
+        assert _code(lambda: printer.accept(token)) == ErrorCode.CONTENTS_UNAVAILABLE
+        assert printer.jobs.require(job_id_for(token)).state is JobState.FAILED
+        printer.trust.set(trust_from_map(cs.trust_map()))       # the server is back
+        job, started = printer.accept(token)
+        assert started and job.id == job_id_for(token) and len(cs.redeemed) == 1
+        again, started = printer.accept(token)                  # now the job is live: no retry
+        assert not started and again.id == job.id and len(cs.redeemed) == 1
+    finally:
+        printer.close()
+        cs.close()

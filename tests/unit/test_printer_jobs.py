@@ -154,3 +154,34 @@ def test_journal_survives_a_reopen(tmp_path):
     again.drop_journal(JOB)
     assert again.acked(JOB) is None
     again.close()
+
+
+def test_sliced_is_stored_and_shown(store):
+    store.create(JOB)
+    store.update_progress(JOB, layers=7, sliced=3, layer=1)
+    m = store.require(JOB).to_map()
+    assert (m["sliced"], m["layers"], m["layer"]) == (3, 7, 1)
+
+
+def test_a_database_from_before_sliced_is_migrated(tmp_path):
+    import sqlite3
+    path = tmp_path / "jobs.sqlite3"
+    db = sqlite3.connect(str(path))
+    db.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, state TEXT NOT NULL, progress REAL "
+               "NOT NULL DEFAULT 0, layer INTEGER NOT NULL DEFAULT 0, layers INTEGER NOT NULL "
+               "DEFAULT 0, error TEXT, content_id TEXT, created_at REAL NOT NULL, updated_at "
+               "REAL NOT NULL, stats TEXT NOT NULL DEFAULT '{}')")
+    db.execute("INSERT INTO jobs (id, state, layers, created_at, updated_at) "
+               "VALUES (?, 'completed', 9, 1, 1)", (JOB,))
+    db.commit()
+    db.close()
+    store = JobStore(path)
+    try:
+        assert store.require(JOB).view.sliced == 0 and store.require(JOB).view.layers == 9
+        store.update_progress(JOB, sliced=9)
+        assert store.require(JOB).to_map()["sliced"] == 9
+    finally:
+        store.close()
+    again = JobStore(path)                                  # a second open migrates nothing
+    assert again.require(JOB).view.sliced == 9
+    again.close()

@@ -98,6 +98,16 @@ def test_skin_over_a_hole_below_an_overhang(tmp_path):
     assert any(shapely.LineString([m.start, m.end]).intersects(ring) for m in skin)
     middle = layers[22]
     assert {m.kind for m in middle.model} >= {"FILL"}
+    anchored = shapely.box(100, 100, 120, 120).buffer(-0.5)   # skin grown by the wall thickness
+    assert any(shapely.LineString([m.start, m.end]).intersects(anchored) for m in skin)
+
+
+@pytest.mark.parametrize("below, sparse", [(70.0, False), (0.0, True)])
+def test_small_sparse_regions_print_solid(tmp_path, below, sparse):
+    profile = dataclasses.replace(NO_SKIRT, solid_infill_below_area=below)
+    layers = parse(slice_to_text(tmp_path, box_file(tmp_path, (8, 8, 4)), profile)[1])
+    middle = {m.kind for m in layers[10].model}       # ~25 mm^2 inside the walls
+    assert ("FILL" in middle) == sparse and ("SKIN" in middle) != sparse, middle
 
 
 def test_outer_wall_first_and_grid(tmp_path):
