@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 START_ORDER = ("contents", "printer", "gotapi", "plugin-host")
 READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
 RESTART_MIN, RESTART_MAX = 1.0, 30.0
 SUPERVISOR_ORIGIN = "gotapi-3dp-supervisor"
 
@@ -85,16 +86,25 @@ class Child:
     def exit_code(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+    def terminate(self) -> None:
+        """Ask the process to stop (SIGTERM); `wait` then reaps it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> None:
+        """Reap the process, killing it if it has not stopped within `timeout` s."""
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout)
+            self.proc.wait(max(0.0, timeout))
         except subprocess.TimeoutExpired:
-            log.warning("%s did not stop in %.0f s; killing it", self.name, timeout)
+            log.warning("%s did not stop in time; killing it", self.name)
             self.proc.kill()
             self.proc.wait(5)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.terminate()
+        self.wait(timeout)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -235,8 +245,13 @@ class Supervisor:
     def stop(self) -> None:
         """Stop every child, last started first."""
         self._stopping.set()
+        # All at once (last started first), then reap: stopping takes the slowest child's
+        # time, not the sum of them all.
         for name in reversed(START_ORDER):
-            self.children[name].stop()
+            self.children[name].terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for name in reversed(START_ORDER):
+            self.children[name].wait(deadline - time.monotonic())
         up_json = self.config.data_dir / "up.json"
         try:
             if json.loads(up_json.read_text()).get("pid") == os.getpid():

@@ -90,7 +90,7 @@ def test_no_running_stack_is_a_clear_error(tmp_path: Path) -> None:
 def slow_stack(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     s = Stack(tmp_path_factory.mktemp("cli-slow-stack"))
     with open(s.config_path, "a") as fh:
-        fh.write("\n[printer.firmware]\nbaud = 20000\n")
+        fh.write("\n[printer.firmware]\nbaud = 200000\n")
     s.start()
     yield s
     assert s.stop() == 0, s.log_path.read_text()

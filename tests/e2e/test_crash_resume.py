@@ -30,7 +30,7 @@ HOST_COMMANDS = ("M110", "M155", "M105")     # the link's own handshake, auto-re
 def slow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack of its own (killing its printer disturbs no other test), firmware at 40 kB/s."""
     s = Stack(tmp_path_factory.mktemp("crash"))
-    s.config_path.write_text(s.config_path.read_text() + "\n[printer.firmware]\nbaud = 40000\nheat_rate = 500.0\n")
+    s.config_path.write_text(s.config_path.read_text() + "\n[printer.firmware]\nbaud = 400000\nheat_rate = 500.0\n")
     s.start()
     try:
         yield s

@@ -38,7 +38,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 def slow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = Stack(tmp_path_factory.mktemp("webapp-stack"))
     with open(s.config_path, "a") as fh:
-        fh.write("\n[printer.firmware]\nbaud = 20000\n")
+        fh.write("\n[printer.firmware]\nbaud = 200000\n")
     s.start()
     s.info["spareContentId"] = _add_spare_model(s)
     try:
