@@ -198,7 +198,7 @@ def test_3mf_with_lying_size_header_is_refused(env):
     assert r.status_code == 422 and "corrupt" in r.json["error"]["message"]
 
 
-MODELS = Path("/work/shared/models")
+MODELS = Path(__file__).resolve().parents[3] / "shared" / "models"  # ../shared/models from the repo
 
 
 @pytest.mark.skipif(not MODELS.is_dir(), reason="shared test models not present")
