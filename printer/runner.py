@@ -295,17 +295,15 @@ class JobRunner:
         self._finish(work.job_id, state, **fields)
 
     def _begin(self, job_id: str) -> bool:
-        """Take the job; False if it ended (was cancelled) while it waited."""
+        """Take the job and start its download; False if it ended while it waited."""
         with self._lock:
-            if self._shutdown.is_set() or self._store.require(job_id).state.terminal:
+            if not self._begin_resume(job_id):
                 return False
-            self._cancel.clear()
-            self._pause.clear()
-            self._running = job_id
             self._store.transition(job_id, JobState.DOWNLOADING)
             return True
 
     def _begin_resume(self, job_id: str) -> bool:
+        """Take the job; False if it ended (was cancelled) while it waited."""
         with self._lock:
             if self._shutdown.is_set() or self._store.require(job_id).state.terminal:
                 return False

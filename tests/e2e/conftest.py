@@ -1,6 +1,7 @@
 """Start the real four-process stack (`gotapi-3dp up`) on free loopback ports."""
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -101,9 +102,13 @@ class Stack:
         return (self.data_dir / process / name).read_text().strip()
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("stack"))
+@contextlib.contextmanager
+def running_stack(root: Path, extra_config: str = "") -> Iterator[Stack]:
+    """A started stack, stopped at the end with exit code 0 and no process left behind."""
+    s = Stack(root)
+    if extra_config:
+        with open(s.config_path, "a") as fh:
+            fh.write("\n" + extra_config)
     s.start()
     try:
         yield s
@@ -113,3 +118,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for name in ("contents", "printer", "gotapi", "plugin-host"):
             assert subprocess.run(["pgrep", "-f", "--", f"--data-dir {s.data_dir} .*serve {name}$"],
                                   capture_output=True).returncode == 1, f"{name} still running"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("stack")) as s:
+        yield s

@@ -17,7 +17,7 @@ import pytest
 
 from gotapi3dp.client import GotapiClient, GotapiError
 
-from .conftest import Stack
+from .conftest import Stack, running_stack
 from .test_flow import app_for, service_id
 
 pytestmark = pytest.mark.e2e
@@ -28,13 +28,8 @@ BACK_WITHIN = 90.0     # supervisor back-off (1 s first) + start-up + READY + di
 
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("bus-faults"))
-    s.start()
-    try:
+    with running_stack(tmp_path_factory.mktemp("bus-faults")) as s:
         yield s
-    finally:
-        code = s.stop()
-        assert code == 0, f"gotapi-3dp up exited with {code}:\n{s.log_path.read_text()}"
 
 
 def _wait_for(what: str, probe: Callable[[], Any], timeout: float) -> Any:
