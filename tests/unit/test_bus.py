@@ -7,18 +7,30 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import msgpack
 import pytest
 import zmq
 
-from gotapi3dp.wire.busproto import (DISCONNECT, EVENT, HEARTBEAT, MAX_FRAME_BYTES, PROTOCOL,
-                                     READY, REPLY, REQUEST, Announce, PluginInfo)
+from gotapi3dp.wire.busproto import (
+    DISCONNECT,
+    EVENT,
+    HEARTBEAT,
+    MAX_FRAME_BYTES,
+    PROTOCOL,
+    READY,
+    REPLY,
+    REQUEST,
+    Announce,
+    PluginInfo,
+)
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Action, Intent, decode, encode
 from gotapi_server.bus import Bus
 from gotapi_server.tap import tap
+
+from .bus_support import online, wait_until
 
 HB = 0.1         # heartbeat interval used by these tests
 LIVENESS = 3     # -> a silent host is dead after 0.3 s (the `quick_bus` fixture)
@@ -99,19 +111,6 @@ class RawHost:
         intent = decode(frames[2])
         self.send(PROTOCOL, REPLY, encode(intent.response({"echo": intent.params})))
         return intent
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 3.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
-def online(bus: Bus, plugin_id: str) -> bool:
-    return any(p.id == plugin_id and p.online for p in bus.plugins())
 
 
 def connected(ctx: zmq.Context[Any], bus: Bus, host_id: str = "raw-host",

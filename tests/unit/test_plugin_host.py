@@ -14,13 +14,22 @@ import pytest
 import zmq
 
 from gotapi3dp.config import PluginHostConfig
-from gotapi3dp.wire.busproto import (PROTOCOL, READY, REPLY, REQUEST, Announce, PluginInfo,
-                                     decode_announce)
+from gotapi3dp.wire.busproto import (
+    PROTOCOL,
+    READY,
+    REPLY,
+    REQUEST,
+    Announce,
+    PluginInfo,
+    decode_announce,
+)
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Action, Intent, decode, encode
 from gotapi_server.bus import Bus
 from plugin_host.host import PluginHost
 from plugin_host.plugin import Plugin
+
+from .bus_support import online, wait_until
 
 HB = 0.1
 LIVENESS = 5      # a silent peer is dead after 0.5 s on either side
@@ -99,19 +108,6 @@ def hosts(bus: Bus) -> Iterator[Callable[..., Running]]:
     yield start
     for run in started:
         run.stop()
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
-def online(bus: Bus, plugin_id: str) -> bool:
-    return any(p.id == plugin_id and p.online for p in bus.plugins())
 
 
 def get(**params: Any) -> Intent:

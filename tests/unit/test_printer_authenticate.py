@@ -19,18 +19,6 @@ from .test_printer_helpers import FakeContents
 
 
 @pytest.fixture
-def keys(tmp_path):
-    return load_or_create(tmp_path / "printer", "printer-1", "P1")
-
-
-@pytest.fixture
-def cs(keys):
-    fake = FakeContents(keys.sign_public)
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
 def store(tmp_path):
     s = JobStore(tmp_path / "jobs.sqlite3")
     yield s

@@ -8,21 +8,7 @@ import requests
 
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from printer.download import DownloadCancelled, download
-from printer.keys import load_or_create
 
-from .test_printer_helpers import FakeContents
-
-
-@pytest.fixture
-def keys(tmp_path):
-    return load_or_create(tmp_path / "printer", "printer-1", "P1")
-
-
-@pytest.fixture
-def cs(keys):
-    fake = FakeContents(keys.sign_public)
-    yield fake
-    fake.close()
 
 
 def _get(cs, keys, dest, **kw):
