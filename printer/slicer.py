@@ -1,10 +1,11 @@
 """FDM slicer: a mesh file in, Marlin G-code out, streamed one layer at a time.
 
 `load_mesh` reads and checks the model and places it on the bed; `stream_gcode` sections
-every layer plane at once (`geometry.section`), plans batches of layers in a pool of worker
-processes (`layer_plan.plan_batch`: walls, skin, infill, skirt) and emits each layer's G-code
-in order (`toolhead.Toolhead`) as soon as it is planned, so the printer can start on layer 0
-while later layers are still being planned. `slice_file` writes a whole job atomically on
+the few planes layer 0 needs, then every plane at once on a thread (`geometry.section`)
+while layer 0 is planned, plans batches of the other layers in a pool of worker processes
+(`layer_plan.plan_batch`: walls, skin, infill, skirt) and emits each layer's G-code in order
+(`toolhead.Toolhead`) as soon as it is planned, so the printer can start on layer 0 while
+later layers are still being sectioned and planned. `slice_file` writes a whole job atomically on
 top of the stream, with a Cura-style header.
 """
 from __future__ import annotations
@@ -17,10 +18,10 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import trimesh
@@ -57,19 +58,50 @@ class SliceResult:
 # ---------------------------------------------------------------------------- loading
 
 
+@dataclass(frozen=True)
+class Topology:
+    """A placed mesh as the plain arrays sectioning needs, shareable with another thread
+    (trimesh's caches are not thread-safe). `face_shell` is `geometry.shells`' labels."""
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    edges: np.ndarray
+    face_edges: np.ndarray
+    face_shell: np.ndarray
+
+    @classmethod
+    def of(cls, mesh: trimesh.Trimesh) -> Topology:
+        faces = np.asarray(mesh.faces)
+        edges, face_edges = geometry.edge_topology(faces)
+        return cls(np.asarray(mesh.vertices), faces, edges, face_edges,
+                   geometry.shells(face_edges, len(edges)))
+
+    def section(self, mids: np.ndarray) -> geometry.Rings:
+        """Rings of the planes at heights `mids` (ascending), numbered from 0."""
+        return geometry.section(self.vertices, self.faces, self.edges, self.face_edges, mids,
+                                self.face_shell)
+
+
 def load_mesh(path: Path, profile: SliceProfile) -> trimesh.Trimesh:
     """Read an STL, OBJ or 3MF file, check it is printable, and place it on the bed.
 
     The lowest point ends at z = 0 and the XY bounding box centre at the bed centre.
     Raises P3DError(MODEL_INVALID) with a message for the user when it cannot be printed.
     """
-    mesh = _read_mesh(Path(path))
-    _check_mesh(mesh, profile)
+    return _load(Path(path), profile)[0]
+
+
+def _load(path: Path, profile: SliceProfile) -> tuple[trimesh.Trimesh, Topology]:
+    """`load_mesh`, and the placed mesh's `Topology` found while checking it."""
+    mesh = _read_mesh(path)
+    edges, face_edges = _check_mesh(mesh, profile)
     low, high = mesh.bounds
     centre = (low + high) / 2.0
     mesh.apply_translation([profile.bed_x / 2.0 - centre[0], profile.bed_y / 2.0 - centre[1],
                             -low[2]])
-    return mesh
+    faces = np.asarray(mesh.faces)
+    return mesh, Topology(np.asarray(mesh.vertices), faces, edges, face_edges,
+                          geometry.shells(face_edges, len(edges)))
 
 
 def _read_mesh(path: Path) -> trimesh.Trimesh:
@@ -112,8 +144,11 @@ def _sniff(path: Path) -> str:
     raise P3DError(ErrorCode.MODEL_INVALID, f"{path.name} is not an STL, OBJ or 3MF model")
 
 
-def _check_mesh(mesh: trimesh.Trimesh, profile: SliceProfile) -> None:
-    """Refuse non-finite, flat, empty or oversized models; merge and orient the rest."""
+def _check_mesh(mesh: trimesh.Trimesh, profile: SliceProfile) -> tuple[np.ndarray, np.ndarray]:
+    """Refuse non-finite, flat, empty or oversized models; merge and orient the rest.
+
+    Returns `geometry.edge_topology` of the checked mesh's faces.
+    """
     if not np.isfinite(mesh.vertices).all():
         raise P3DError(ErrorCode.MODEL_INVALID, "model has NaN or infinite vertex coordinates")
     mesh.merge_vertices(merge_tex=True, merge_norm=True)
@@ -122,16 +157,44 @@ def _check_mesh(mesh: trimesh.Trimesh, profile: SliceProfile) -> None:
     flat = [axis for axis, size in zip("XYZ", extents) if size < MIN_EXTENT]
     if flat:
         raise P3DError(ErrorCode.MODEL_INVALID, f"model is flat: zero size along {', '.join(flat)}")
-    if mesh.is_watertight and abs(mesh.volume) < MIN_VOLUME:
-        raise P3DError(ErrorCode.MODEL_INVALID, "model encloses no volume")
     bed = (profile.bed_x, profile.bed_y, profile.bed_z)
     over = [f"{axis} {size:.1f} mm > {limit:.1f} mm"
             for axis, size, limit in zip("XYZ", extents, bed) if size > limit + FIT_TOLERANCE]
     if over:
         raise P3DError(ErrorCode.MODEL_INVALID,
                        f"model does not fit the build volume: {'; '.join(over)}")
-    if not mesh.is_winding_consistent:
+    faces = np.asarray(mesh.faces)
+    edges, face_edges = geometry.edge_topology(faces)
+    watertight, consistent = _edge_checks(edges, faces, face_edges)
+    if watertight and abs(_volume(np.asarray(mesh.vertices), faces)) < MIN_VOLUME:
+        raise P3DError(ErrorCode.MODEL_INVALID, "model encloses no volume")
+    if not consistent:
         trimesh.repair.fix_winding(mesh)
+        edges, face_edges = geometry.edge_topology(np.asarray(mesh.faces))
+    return edges, face_edges
+
+
+def _volume(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """Signed volume enclosed by the faces (divergence theorem; exact for closed meshes)."""
+    a, b, c = (vertices[faces[:, i]] for i in range(3))
+    return float(np.einsum("ij,ij->", a, np.cross(b, c))) / 6.0
+
+
+def _edge_checks(edges: np.ndarray, faces: np.ndarray,
+                 face_edges: np.ndarray) -> tuple[bool, bool]:
+    """(watertight, winding consistent), from the edge topology the sectioner needs anyway.
+
+    Watertight: every edge joins exactly two faces. Consistent: each such edge is walked
+    once in each direction. Edges from a vertex to itself (collapsed faces) are ignored.
+    Same answers as trimesh's, without regrouping the edges.
+    """
+    edge = face_edges.ravel()
+    uses = np.bincount(edge, minlength=len(edges))
+    forward = (faces < np.roll(faces, -1, axis=1)).ravel()
+    balance = np.bincount(edge, weights=np.where(forward, 1.0, -1.0), minlength=len(edges))
+    proper = edges[:, 0] != edges[:, 1]
+    pair = (uses == 2) & proper
+    return bool(pair[proper].all()), bool((balance[pair] == 0).all())
 
 
 # ---------------------------------------------------------------------------- layers
@@ -157,21 +220,42 @@ def layer_tops(count: int, profile: SliceProfile) -> np.ndarray:
 layer_thickness = layer_plan.layer_thickness
 
 
+def layer_mids(count: int, profile: SliceProfile) -> tuple[np.ndarray, np.ndarray]:
+    """(tops, mids): nozzle Z and the Z of the sectioning mid-plane of each layer."""
+    tops = layer_tops(count, profile)
+    return tops, tops - np.array([layer_thickness(i, profile) for i in range(count)]) / 2.0
+
+
 def section_layers(mesh: trimesh.Trimesh, profile: SliceProfile) -> tuple[geometry.Rings,
                                                                           np.ndarray]:
     """Section rings of every layer's mid-plane, and the (count,) float layer tops.
 
     Raises P3DError(MODEL_INVALID) if no layer plane meets a closed part of the mesh.
     """
-    count = count_layers(float(mesh.bounds[1, 2]), profile)
-    tops = layer_tops(count, profile)
-    mids = tops - np.array([layer_thickness(i, profile) for i in range(count)]) / 2.0
-    rings = geometry.section(mesh.vertices, mesh.faces, mesh.edges_unique,
-                             mesh.faces_unique_edges, mids)
+    tops, mids = layer_mids(count_layers(float(mesh.bounds[1, 2]), profile), profile)
+    return _require_rings(Topology.of(mesh).section(mids)), tops
+
+
+def _require_rings(rings: geometry.Rings) -> geometry.Rings:
     if len(rings.layer) == 0:
         raise P3DError(ErrorCode.MODEL_INVALID,
                        "nothing printable: no layer cuts a closed part of the model")
-    return rings, tops
+    return rings
+
+
+def _in_thread(fn: Callable[..., Any], *args: Any) -> Future:
+    """fn(*args) on a daemon thread; its result or exception in the returned Future."""
+    future: Future = Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to whoever waits on the future
+                future.set_exception(exc)
+
+    threading.Thread(target=run, name="slicer-section", daemon=True).start()
+    return future
 
 
 # ---------------------------------------------------------------------------- planning
@@ -198,27 +282,38 @@ def worker_count(profile: SliceProfile) -> int:
                       else os.cpu_count() or 1))
 
 
-def planned_layers(rings: geometry.Rings, tops: np.ndarray, profile: SliceProfile,
-                   pool: ProcessPoolExecutor | None = None) -> Iterator[layer_plan.LayerPlan]:
+def planned_layers(rings: geometry.Rings | Future, tops: np.ndarray, profile: SliceProfile,
+                   pool: ProcessPoolExecutor | None = None,
+                   first: geometry.Rings | None = None) -> Iterator[layer_plan.LayerPlan]:
     """Plan every layer, yielding them in order as soon as each is ready.
 
     Batches go to `pool` (see `start_pool`), at most `WINDOW` per worker ahead of the
     consumer, so a slow consumer does not make planning run away. This process plans too:
     it takes the first batch at once (a fast first layer) and any batch it needs next that
     no worker has picked up yet. Without a pool everything is planned here, lazily.
+
+    `rings` may be a Future (the sectioning still running); then `first` holds the rings of
+    the layers that layer 0 needs, and layer 0 is planned from them while it runs.
     """
     workers = pool._max_workers if pool is not None else 1
-    jobs = [_batch(rings, tops, lo, hi, profile) for lo, hi in batches(len(tops), workers)]
+    ranges = batches(len(tops), workers)
+    if first is not None:
+        lo, hi = ranges[0]
+        yield from layer_plan.plan_batch(_batch(first, tops, lo, hi, profile))
+        ranges = ranges[1:]
+    if isinstance(rings, Future):
+        rings = rings.result()
+    jobs = [_batch(rings, tops, lo, hi, profile) for lo, hi in ranges]
     if pool is None or len(jobs) <= 2:
         for job in jobs:
             yield from layer_plan.plan_batch(job)
         return
-    ahead = WINDOW * workers
+    ahead, start = WINDOW * workers, 0 if first is not None else 1
     futures = {i: pool.submit(layer_plan.plan_batch, jobs[i])
-               for i in range(1, min(len(jobs), 1 + ahead))}
+               for i in range(start, min(len(jobs), start + ahead))}
     for i, job in enumerate(jobs):
         future = futures.pop(i, None)
-        if i + ahead < len(jobs):
+        if i >= start and i + ahead < len(jobs):
             futures[i + ahead] = pool.submit(layer_plan.plan_batch, jobs[i + ahead])
         if future is None or future.cancel():
             yield from layer_plan.plan_batch(job)
@@ -283,19 +378,21 @@ class GcodeChunk:
 class SliceStream:
     """The chunks of one slice; iterate it (once) or use it as a context manager.
 
-    Creating it (`stream_gcode`) loads, checks and sections the model, so model errors are
-    raised there; planning runs while the chunks are consumed. `close()` (or leaving the
-    `with` block) stops the worker processes early, e.g. on a cancelled job.
+    Creating it (`stream_gcode`) loads and checks the model, so model errors are raised
+    there; planning runs while the chunks are consumed. `close()` (or leaving the `with`
+    block) stops the worker processes early, e.g. on a cancelled job. `rings` may be a
+    Future of the sectioning, with `first` the rings layer 0 needs (see `planned_layers`).
     """
 
-    def __init__(self, rings: geometry.Rings, tops: np.ndarray, profile: SliceProfile,
-                 pool: ProcessPoolExecutor | None = None) -> None:
+    def __init__(self, rings: geometry.Rings | Future, tops: np.ndarray, profile: SliceProfile,
+                 pool: ProcessPoolExecutor | None = None,
+                 first: geometry.Rings | None = None) -> None:
         self.layers = len(tops)
         self._pool = pool
         self.height = float(tops[-1])
         self.profile = profile
         self.head = Toolhead(profile)
-        self._chunks = self._generate(rings, tops)
+        self._chunks = self._generate(rings, tops, first)
 
     def __iter__(self) -> Iterator[GcodeChunk]:
         return self._chunks
@@ -315,11 +412,12 @@ class SliceStream:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def _generate(self, rings: geometry.Rings, tops: np.ndarray) -> Iterator[GcodeChunk]:
+    def _generate(self, rings: geometry.Rings | Future, tops: np.ndarray,
+                  first: geometry.Rings | None) -> Iterator[GcodeChunk]:
         p, head, height = self.profile, self.head, 0.0
         yield GcodeChunk("start", -1, self.layers, 0.0, toolhead.start_gcode(p, self.layers))
         try:
-            for plan in planned_layers(rings, tops, p, self._pool):
+            for plan in planned_layers(rings, tops, p, self._pool, first):
                 height = plan.z
                 yield GcodeChunk("layer", plan.index, self.layers, plan.z, head.layer(plan))
         finally:
@@ -340,24 +438,31 @@ class SliceStream:
 
 
 def stream_gcode(model: Path, profile: SliceProfile) -> SliceStream:
-    """Load, check and section `model`, and return the stream of its G-code chunks.
+    """Load and check `model`, and return the stream of its G-code chunks.
 
     Raises P3DError(MODEL_INVALID) for a model that cannot be printed, before any chunk.
     The stream yields one "start" chunk, then one "layer" chunk per layer in order, each as
     soon as it is planned, then one "end" chunk carrying the `SliceResult` (its `lines` is
     0: a stream has no file). `header_lines(result, profile)` gives the Cura-style header
     (estimated time, filament) that only the end of the stream can know.
+
+    For a fast first layer only the planes layer 0 needs are sectioned here; the rest are
+    sectioned on a thread while layer 0 is planned. If those planes hold no ring at all,
+    everything is sectioned first, so "nothing printable" is still raised before any chunk.
     """
     _check_profile(profile)
     pool = start_pool(profile)                  # workers start while the model loads
     try:
-        mesh = load_mesh(Path(model), profile)
-        rings, tops = section_layers(mesh, profile)
+        mesh, topology = _load(Path(model), profile)
+        tops, mids = layer_mids(count_layers(float(mesh.bounds[1, 2]), profile), profile)
+        first = topology.section(mids[:layer_plan.needed_layers(0, 1, len(tops), profile)[1]])
+        if len(first.layer) == 0:
+            return SliceStream(_require_rings(topology.section(mids)), tops, profile, pool)
     except BaseException:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         raise
-    return SliceStream(rings, tops, profile, pool)
+    return SliceStream(_in_thread(topology.section, mids), tops, profile, pool, first)
 
 
 def header_lines(stream: SliceStream) -> list[str]:

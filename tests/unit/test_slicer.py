@@ -429,6 +429,78 @@ def test_nothing_printable_is_model_invalid(tmp_path):
         slicer.slice_file(path, tmp_path / "out.gcode", PROFILE)
     assert info.value.code == ErrorCode.MODEL_INVALID
     assert not (tmp_path / "out.gcode").exists()
+    with pytest.raises(P3DError, match="nothing printable"):
+        slicer.stream_gcode(path, PROFILE)                       # before any chunk
+
+
+# ---------------------------------------------------------------- topology and streaming
+
+
+def test_edge_topology_matches_trimesh():
+    mesh = trimesh.util.concatenate([trimesh.creation.icosphere(2),
+                                     trimesh.creation.box((3, 3, 3))])
+    edges, face_edges = geometry.edge_topology(mesh.faces)
+    assert (edges[:, 0] <= edges[:, 1]).all()
+    assert len(edges) == len(mesh.edges_unique)
+    sides = np.sort(mesh.faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 3, 2), axis=2)
+    assert np.array_equal(edges[face_edges], sides)              # side j of face i
+
+
+def mesh_checks(mesh: trimesh.Trimesh) -> tuple[bool, bool]:
+    faces = np.asarray(mesh.faces)
+    edges, face_edges = geometry.edge_topology(faces)
+    return slicer._edge_checks(edges, faces, face_edges)
+
+
+def test_edge_checks_agree_with_trimesh():
+    box = trimesh.creation.box((10, 10, 10))
+    assert mesh_checks(box) == (True, True)
+    flipped = box.copy()
+    flipped.faces[3] = flipped.faces[3][::-1]
+    assert mesh_checks(flipped) == (flipped.is_watertight, flipped.is_winding_consistent)
+    assert mesh_checks(flipped) == (True, False)
+    holed = trimesh.Trimesh(box.vertices, box.faces[1:], process=False)
+    assert mesh_checks(holed) == (False, True)
+    collapsed = trimesh.Trimesh(box.vertices, np.vstack([box.faces, [[0, 0, 1], [0, 1, 0]]]),
+                                process=False)                  # zero-area slivers
+    assert mesh_checks(collapsed)[1]
+
+
+def test_inconsistent_winding_is_repaired(tmp_path):
+    box = trimesh.creation.box((10, 10, 10))
+    box.faces[3] = box.faces[3][::-1]
+    path = tmp_path / "flipped.stl"
+    box.export(path)
+    result, _ = slice_to_text(tmp_path, path, NO_SKIRT)
+    (x0, y0), (x1, y1) = result.bounds
+    assert x1 - x0 == pytest.approx(10 - PROFILE.line_width, abs=PROFILE.line_width / 2)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_streamed_first_layer_equals_full_sectioning(workers):
+    """Layer 0 is planned from the first planes while the rest are sectioned on a thread:
+    the G-code must be what sectioning everything first gives."""
+    profile = SliceProfile(workers=workers)
+    model = MODELS / "teapot.stl"
+    with slicer.stream_gcode(model, profile) as stream:
+        streamed = [c.lines for c in stream]
+    mesh = slicer.load_mesh(model, profile)
+    rings, tops = slicer.section_layers(mesh, profile)
+    with slicer.SliceStream(rings, tops, profile) as whole:
+        assert streamed == [c.lines for c in whole]
+
+
+def test_model_whose_first_planes_are_empty_still_slices(tmp_path):
+    """An open sliver at the bottom: the planes layer 0 needs hold no ring at all."""
+    sliver = trimesh.Trimesh([[0, 0, 0], [8, 0, 0.05], [0, 8, 0.05]], [[0, 1, 2]])
+    box = trimesh.creation.box((10, 10, 5))
+    box.apply_translation([0, 0, 2.5 + 1.5])
+    path = tmp_path / "lifted.stl"
+    trimesh.util.concatenate([sliver, box]).export(path)
+    result, text = slice_to_text(tmp_path, path, NO_SKIRT)
+    layers = parse(text)
+    assert not layers[0].extrusions and layers[-1].extrusions
+    assert result.layers == slicer.count_layers(6.5, PROFILE)
 
 
 # ---------------------------------------------------------------- property
