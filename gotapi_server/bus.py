@@ -1,9 +1,14 @@
-"""The GotAPI server's end of the Intent bus: one ROUTER owned by one thread, for Flask threads.
+"""The GotAPI server's end of the Intent bus: one ROUTER, shared by Flask threads under a lock.
 
 Majordomo-style broker side. Plug-in hosts connect DEALERs (routing id = host id), announce
-their plug-ins with READY and heartbeat; Flask request threads call `Bus.request()`, which
-hands the Intent to the bus thread through a `Mailbox` (queue + wake-up pipe polled next to
-the ROUTER) and waits on a Future. Only the bus thread ever touches a ZeroMQ socket.
+their plug-ins with READY and heartbeat. ZeroMQ sockets are not thread-safe, so one lock owns
+the sockets and the bus state: whoever holds it may touch them. A Flask request thread calling
+`Bus.request()` takes the lock and sends the Intent itself, then waits on a one-shot latch;
+the bus thread sleeps in `select.poll` on the ROUTER's ZMQ_FD (never calling into the socket
+unlocked), takes the lock to read replies, and opens the waiting thread's latch. One thread
+hand-over per request instead of three (request thread -> bus thread -> request thread),
+which is what a request costs under the GIL. ZMQ_FD is edge-triggered, so every lock holder
+that sends also checks ZMQ_EVENTS and reads what has arrived before it lets go.
 
 The tap is an XPUB: the bus thread reads its subscriptions and copies frames to it only
 while some `bus tap` subscribes, so an unwatched bus pays nothing for it.
@@ -12,10 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import select
 import threading
 import time
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -60,9 +65,31 @@ class _Host:
     last_send: float
 
 
+class _Latch:
+    """A one-shot result a request thread waits on: a bare lock, cheaper than a Future."""
+
+    __slots__ = ("_lock", "result", "error")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.result: Intent | None = None
+        self.error: Exception | None = None
+
+    def done(self) -> bool:
+        return not self._lock.locked()
+
+    def set(self, result: Intent | None = None, error: Exception | None = None) -> None:
+        self.result, self.error = result, error
+        self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._lock.acquire(timeout=max(0.0, timeout))
+
+
 @dataclass
 class _Pending:
-    future: "Future[Intent]"
+    latch: _Latch
     peer: bytes
     plugin_id: str
     deadline: float  # monotonic
@@ -83,7 +110,8 @@ class Bus:
         self._mailbox: Mailbox | None = None
         self._snapshot: tuple[PluginRecord, ...] = ()   # replaced whole by the bus thread
         self._callbacks: tuple[Callable[[str, Intent], None], ...] = ()
-        # Owned by the bus thread only:
+        # Owned by whoever holds `_lock` (the bus thread, or a request thread sending):
+        self._lock = threading.Lock()
         self._router: zmq.Socket[Any] | None = None
         self._tap: zmq.Socket[Any] | None = None
         self._tap_topics: set[bytes] = set()   # topics some tap subscriber holds
@@ -117,7 +145,7 @@ class Bus:
         if thread is None:
             return
         assert self._mailbox is not None and self._ctx is not None
-        self._mailbox.post(("stop",))
+        self._mailbox.post("stop")
         thread.join(timeout=5.0)
         if thread.is_alive():
             log.error("bus thread did not stop; leaving its context open")
@@ -132,40 +160,52 @@ class Bus:
         if intent.plugin_id != plugin_id:
             intent = dataclasses.replace(intent, plugin_id=plugin_id)
         payload = _encode(intent)
-        future: Future[Intent] = Future()
+        latch = _Latch()
         deadline = time.monotonic() + timeout
-        if not self._post(("request", intent.request_code, payload, plugin_id, future, deadline)):
-            raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE, "the bus is not running")
-        try:
-            return future.result(timeout=timeout)
-        except FutureTimeout:
-            self._post(("cancel", (intent.request_code, plugin_id)))
-            raise P3DError(ErrorCode.TIMEOUT,
-                           f"plug-in {plugin_id} did not answer within {timeout:g} s") from None
+        key = (intent.request_code, plugin_id)
+        with self._lock:
+            if self._router is None or self._stopping:
+                raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE, "the bus is not running")
+            self._start_request(key, payload, latch, deadline)
+            self._read_if_pending()
+        if not latch.wait(deadline - time.monotonic()):
+            with self._lock:
+                self._pending.pop(key, None)
+            if not latch.done():
+                raise P3DError(ErrorCode.TIMEOUT,
+                               f"plug-in {plugin_id} did not answer within {timeout:g} s")
+            latch.wait(0)  # settled just now: take its result
+        if latch.error is not None:
+            raise latch.error
+        assert latch.result is not None
+        return latch.result
 
     def notify(self, intent: Intent, plugin_id: str | None = None) -> None:
         """Fire-and-forget (lifecycle notices); plugin_id None = every connected host."""
         if plugin_id is not None and intent.plugin_id != plugin_id:
             intent = dataclasses.replace(intent, plugin_id=plugin_id)
-        if not self._post(("notify", _encode(intent), plugin_id)):
-            log.debug("bus not running; notice %s dropped", intent.action.value)
+        payload = _encode(intent)
+        with self._lock:
+            if self._router is None or self._stopping:
+                log.debug("bus not running; notice %s dropped", intent.action.value)
+                return
+            self._notify(payload, plugin_id)
+            self._read_if_pending()
 
     def plugins(self) -> list[PluginRecord]:
-        return [dataclasses.replace(r, profiles=list(r.profiles)) for r in self._snapshot]
+        """The plug-ins as last published: shared snapshot records, read them, never write."""
+        return list(self._snapshot)
 
     def on_event(self, callback: Callable[[str, Intent], None]) -> None:
         """Register callback(plugin_id, EVENT intent); it runs on the bus thread, keep it short."""
         self._callbacks = (*self._callbacks, callback)
 
-    def _post(self, item: tuple[Any, ...]) -> bool:
-        mailbox = self._mailbox
-        return mailbox is not None and self._thread is not None and mailbox.post(item)
-
     # ---- the bus thread ----
 
     def _run(self, started: "Future[None]") -> None:
         try:
-            self._open_sockets()
+            with self._lock:
+                self._open_sockets()
         except zmq.ZMQError as exc:
             self._close_sockets()
             started.set_exception(exc)
@@ -175,13 +215,13 @@ class Bus:
             self._loop()
         finally:
             stopped = P3DError(ErrorCode.ILLEGAL_SERVER_STATE, "the bus stopped")
-            for key in list(self._pending):
-                self._settle(key, error=stopped)
-            assert self._mailbox is not None
-            for item in self._mailbox.close():
-                if item[0] == "request":
-                    item[4].set_exception(stopped)
-            self._close_sockets()
+            with self._lock:
+                self._stopping = True
+                for key in list(self._pending):
+                    self._settle(key, error=stopped)
+                assert self._mailbox is not None
+                self._mailbox.close()
+                self._close_sockets()
 
     def _open_sockets(self) -> None:
         assert self._ctx is not None
@@ -210,23 +250,36 @@ class Bus:
         self._router = self._tap = None
 
     def _loop(self) -> None:
+        """Sleep on the sockets' file descriptors, then do everything under the lock.
+
+        Timers (heartbeats, expiries, the plug-in snapshot) and the tap's subscriptions are
+        looked at on their own tick, not on every wake-up: under load the loop wakes once
+        per reply and must do no more than read it.
+        """
         assert self._router is not None and self._mailbox is not None
-        poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
-        poller.register(self._mailbox.fd, zmq.POLLIN)
-        if self._tap is not None:
-            poller.register(self._tap, zmq.POLLIN)
+        mailbox_fd = self._mailbox.fd
+        tap_fd = self._tap.getsockopt(zmq.FD) if self._tap is not None else -1
+        poller = select.poll()
+        poller.register(self._router.getsockopt(zmq.FD), select.POLLIN)
+        poller.register(mailbox_fd, select.POLLIN)
+        if tap_fd >= 0:
+            poller.register(tap_fd, select.POLLIN)
         poll_ms = max(10, int(self._heartbeat * 250))
+        tick, next_tick = poll_ms / 1000.0, 0.0
         while not self._stopping:
-            events = dict(poller.poll(poll_ms))
-            if self._tap is not None and self._tap in events:
-                self._guard(self._on_subscriptions)
-            if self._router in events:
+            ready = {fd for fd, _ in poller.poll(poll_ms)}
+            with self._lock:
+                if mailbox_fd in ready and "stop" in self._mailbox.drain():
+                    self._stopping = True
+                    return
+                now = time.monotonic()
+                due = now >= next_tick
+                if tap_fd >= 0 and (due or tap_fd in ready):
+                    self._guard(self._on_subscriptions)
+                if due:
+                    next_tick = now + tick
+                    self._guard(self._timers)      # may send heartbeats: read after it
                 self._receive_batch()
-            if self._mailbox.fd in events:
-                for item in self._mailbox.drain():
-                    self._guard(self._on_command, item)
-            self._guard(self._timers)
 
     def _guard(self, fn: Callable[..., None], *args: Any) -> None:
         """Run one handler; a bug or a hostile frame must never end the bus thread."""
@@ -235,14 +288,25 @@ class Bus:
         except Exception:
             log.exception("bus: handler %s failed; message dropped", fn.__name__)
 
+    def _read_if_pending(self) -> None:
+        """After a send (lock held): read what has arrived. ZMQ_FD is edge-triggered and a
+        send may consume its signal, so the bus thread's poll would not wake for it."""
+        assert self._router is not None
+        if self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._receive_batch()
+
     def _receive_batch(self) -> None:
+        """Read what has arrived (lock held), at most RECV_BATCH messages."""
         assert self._router is not None
         for _ in range(RECV_BATCH):
             try:
                 frames = self._router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            except zmq.Again:     # also resets ZMQ_FD: the poll wakes for the next arrival
                 return
             self._guard(self._on_frames, frames)
+        # More is waiting: make sure the bus thread's poll wakes again for it.
+        assert self._mailbox is not None
+        self._mailbox.post("more")
 
     # ---- host -> server ----
 
@@ -336,32 +400,18 @@ class Bus:
     def _on_disconnect(self, peer: bytes) -> None:
         self._drop_host(peer, "disconnected")
 
-    # ---- mailbox commands (from request threads) ----
+    # ---- request threads (lock held) ----
 
-    def _on_command(self, item: tuple[Any, ...]) -> None:
-        kind = item[0]
-        if kind == "request":
-            self._start_request(*item[1:])
-        elif kind == "cancel":
-            self._pending.pop(item[1], None)
-        elif kind == "notify":
-            self._notify(*item[1:])
-        elif kind == "stop":
-            self._stopping = True
-
-    def _start_request(self, rc: bytes, payload: bytes, plugin_id: str,
-                       future: "Future[Intent]", deadline: float) -> None:
+    def _start_request(self, key: tuple[bytes, str], payload: bytes, latch: _Latch,
+                       deadline: float) -> None:
+        rc, plugin_id = key
         host = self._host_of(plugin_id)
-        key = (rc, plugin_id)
         if key in self._pending:
-            future.set_exception(P3DError(
-                ErrorCode.ILLEGAL_SERVER_STATE,
-                f"requestCode {rc.hex()} is already in flight to {plugin_id}"))
-        elif host is None or not self._send(host.peer, REQUEST, payload):
-            future.set_exception(P3DError(ErrorCode.ILLEGAL_SERVER_STATE,
-                                          f"plug-in {plugin_id} is not connected"))
-        else:
-            self._pending[key] = _Pending(future, host.peer, plugin_id, deadline)
+            raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE,
+                           f"requestCode {rc.hex()} is already in flight to {plugin_id}")
+        if host is None or not self._send(host.peer, REQUEST, payload):
+            raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE, f"plug-in {plugin_id} is not connected")
+        self._pending[key] = _Pending(latch, host.peer, plugin_id, deadline)
 
     def _notify(self, payload: bytes, plugin_id: str | None) -> None:
         if plugin_id is None:
@@ -410,12 +460,9 @@ class Bus:
     def _settle(self, key: tuple[bytes, str], result: Intent | None = None,
                 error: Exception | None = None) -> None:
         pending = self._pending.pop(key, None)
-        if pending is None or pending.future.done():
+        if pending is None or pending.latch.done():
             return
-        if error is not None:
-            pending.future.set_exception(error)
-        else:
-            pending.future.set_result(result)  # type: ignore[arg-type]
+        pending.latch.set(result, error)
 
     def _drop_host(self, peer: bytes, why: str) -> None:
         host = self._hosts.pop(peer, None)
@@ -438,7 +485,8 @@ class Bus:
         for host in self._hosts.values():
             for plugin_id in host.plugin_ids:
                 self._records[plugin_id].last_seen = wall - (now - host.last_recv)
-        self._snapshot = tuple(dataclasses.replace(r) for r in self._records.values())
+        self._snapshot = tuple(dataclasses.replace(r, profiles=list(r.profiles))
+                               for r in self._records.values())
 
     # ---- server -> host ----
 

@@ -115,7 +115,8 @@ class Intent:
 
 def encode(intent: Intent) -> bytes:
     """Encode an Intent; refuse what `decode` would refuse (bad values, oversize)."""
-    _check_value(intent.params, "params")
+    if not _plain(intent.params):
+        _check_value(intent.params, "params")
     data = msgpack.packb(intent.to_map(), use_bin_type=True)
     if len(data) > MAX_INTENT_BYTES:
         raise IntentError(f"intent is {len(data)} bytes, limit {MAX_INTENT_BYTES}",
@@ -141,6 +142,18 @@ def unpack_strict(data: bytes, limit: int = MAX_INTENT_BYTES) -> Any:
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError, UnicodeDecodeError) as exc:
         raise IntentError(f"not a valid msgpack map: {type(exc).__name__}") from None
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether a decoded value holds only maps with str keys, lists and scalars, not too
+    deep. Builds no strings: `_check_value` names the culprit only when this says no."""
+    if depth > _MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v, depth + 1) for v in value)
+    return isinstance(value, _SCALARS)
 
 
 def _check_value(value: Any, where: str, depth: int = 0) -> None:
@@ -178,8 +191,8 @@ def decode(data: bytes) -> Intent:
     if m.get("v") != INTENT_VERSION:
         raise IntentError(f"unsupported intent version {m.get('v')!r}", rc)
     try:
-        action = Action(m.get("action"))
-    except ValueError:
+        action = _ACTIONS[m.get("action")]
+    except (KeyError, TypeError):
         raise IntentError(f"unknown action {m.get('action')!r}", rc) from None
     profile = m.get("profile")
     if not isinstance(profile, str):
@@ -187,7 +200,8 @@ def decode(data: bytes) -> Intent:
     params = m.get("params", {})
     if not isinstance(params, dict):
         raise IntentError("field 'params' must be a map", rc)
-    _check_value(params, "params")
+    if not _plain(params):
+        _check_value(params, "params")
     unknown = set(m) - _KNOWN_KEYS
     if unknown:
         raise IntentError(f"unknown fields {sorted(unknown)}", rc)
@@ -204,6 +218,7 @@ def decode(data: bytes) -> Intent:
                   idempotency_key=_opt(m, "idempotencyKey", str, rc))
 
 
+_ACTIONS = {action.value: action for action in Action}
 _KNOWN_KEYS = frozenset({"v", "action", "requestCode", "profile", "interface", "attribute",
                          "serviceId", "origin", "pluginId", "params", "result", "errorCode",
                          "errorMessage", "idempotencyKey"})

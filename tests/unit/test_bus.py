@@ -138,6 +138,56 @@ def test_request_reaches_the_host_and_the_reply_resolves_it(ctx, bus, pool) -> N
     assert reply.params == {"echo": {"word": "hi"}} and reply.result == 0
 
 
+def test_concurrent_requests_each_get_their_own_reply_out_of_order(ctx, bus) -> None:
+    """Request threads send on the ROUTER themselves under the bus lock; replies (sent here
+    in reverse order, in bursts) reach the right waiter, whoever reads them."""
+    host = connected(ctx, bus)
+    threads, each = 12, 40
+    stop = threading.Event()
+
+    def answer_in_bursts() -> None:
+        while not stop.is_set():
+            burst = []
+            while len(burst) < 5 and (frames := host.recv(timeout=0.02)) is not None:
+                burst.append(decode(frames[2]))
+            for intent in reversed(burst):
+                host.send(PROTOCOL, REPLY, encode(intent.response({"echo": intent.params})))
+
+    def client(k: int) -> list[tuple[int, int]]:
+        seen = []
+        for i in range(each):
+            reply = bus.request(get(k=k, i=i), "echo", 10.0)
+            seen.append((reply.params["echo"]["k"], reply.params["echo"]["i"]))
+        return seen
+
+    answerer = threading.Thread(target=answer_in_bursts)
+    answerer.start()
+    try:
+        with ThreadPoolExecutor(threads) as clients:
+            results = list(clients.map(client, range(threads)))
+    finally:
+        stop.set()
+        answerer.join()
+    assert results == [[(k, i) for i in range(each)] for k in range(threads)]
+    assert not bus._pending                          # noqa: SLF001 (nothing left behind)
+
+
+def test_events_are_dispatched_while_requests_are_in_flight(ctx, bus, pool) -> None:
+    host = connected(ctx, bus)
+    got: list[str] = []
+    bus.on_event(lambda plugin_id, intent: got.append(intent.params["n"]))
+    fut = pool.submit(bus.request, get(word="x"), "echo", 5.0)
+    frames = host.recv()
+    assert frames is not None
+    for n in ("a", "b", "c"):
+        event = Intent(Action.EVENT, profile="echo", attribute="said", plugin_id="echo",
+                       params={"n": n})
+        host.send(PROTOCOL, EVENT, encode(event))
+    host.send(PROTOCOL, REPLY, encode(decode(frames[2]).response({})))
+    assert fut.result(timeout=5).result == 0
+    assert wait_until(lambda: got == ["a", "b", "c"])
+
+
 def test_plugins_lists_announced_plugins(ctx, bus) -> None:
     connected(ctx, bus, "h-a", ("alpha", "beta"))
     records = {p.id: p for p in bus.plugins()}
