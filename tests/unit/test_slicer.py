@@ -436,6 +436,23 @@ def test_nothing_printable_is_model_invalid(tmp_path):
 # ---------------------------------------------------------------- topology and streaming
 
 
+def test_merged_joins_identical_vertices_in_first_use_order():
+    soup = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [0, 1, 0],          # face 0
+                            [1, 0, 0], [-0.0, 0, 0], [0, 0, 1],       # face 1: two repeats
+                            [5, 5, 5]],                               # never used
+                           [[0, 1, 2], [3, 4, 5]], process=False)
+    merged = slicer._merged(soup)
+    assert merged.vertices.tolist() == [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    assert merged.faces.tolist() == [[0, 1, 2], [1, 0, 3]]
+
+
+def test_merged_keeps_an_indexed_mesh_as_it_is():
+    mesh = trimesh.creation.icosphere(2)
+    merged = slicer._merged(mesh)
+    assert np.array_equal(merged.vertices, mesh.vertices)
+    assert np.array_equal(merged.faces, mesh.faces)
+
+
 def test_edge_topology_matches_trimesh():
     mesh = trimesh.util.concatenate([trimesh.creation.icosphere(2),
                                      trimesh.creation.box((3, 3, 3))])
