@@ -7,19 +7,22 @@ the same GotAPI server answering the same JSON without the bus, at 1, 8 and 32 c
 Starts `gotapi-3dp up` on free loopback ports in a temporary data dir (the bus path), and a
 second GotAPI server (same `create_app`, same checks, auth and forwarder, same gunicorn
 settings) whose bus is an in-process stand-in that answers discovery and `status` with
-the JSON the real plug-in gave (the direct path). Prints one table and a JSON line.
+the JSON the real plug-in gave (the direct path), and a third, bare Flask app on the same
+gunicorn settings returning the same bytes with no GotAPI work at all (the floor: what
+Flask + gunicorn cost by themselves on this machine). Prints one table and a JSON line.
 
 The load generator is the same for both paths: the clients are threads spread over a few
-processes, each with one persistent `http.client` connection (requests' per-call overhead
-and one process's GIL made the generator, not the server, the bottleneck before).
+processes, each with one persistent keep-alive connection on a raw socket sending a
+precomputed request, as wrk does (requests, then http.client, cost the shared two cores
+more than the server did and so measured the generator, not the server).
 """
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import multiprocessing
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -94,6 +97,25 @@ def serve_direct(port: int, data_dir: str, status: dict[str, Any]) -> None:
                  "127.0.0.1", port, threads=config.threads, name="bench-direct")
 
 
+def serve_floor(port: int, body: bytes) -> None:
+    """The floor: a bare Flask app on the same gunicorn settings returning the same bytes
+    (no GotAPI checks, no auth, no forwarder): what Flask + gunicorn cost on their own."""
+    from flask import Flask, Response
+
+    from gotapi3dp.config import GotapiConfig
+    from gotapi3dp.serving import run_gunicorn
+
+    def make() -> Flask:
+        app = Flask("floor")
+
+        @app.get("/gotapi/printer3d/status")
+        def status() -> Response:
+            return Response(body, mimetype="application/json")
+        return app
+
+    run_gunicorn(make, "127.0.0.1", port, threads=GotapiConfig().threads, name="bench-floor")
+
+
 # ---- load ---------------------------------------------------------------------------------
 
 def authorize(base: str) -> str:
@@ -106,29 +128,33 @@ def authorize(base: str) -> str:
 
 def _client(host: str, port: int, path: str, threads: int, start_at: float, seconds: float,
             out: Any) -> None:
-    """One load process: `threads` threads, each one persistent HTTP/1.1 connection
-    (`http.client`, keep-alive) sending the request back to back from `start_at` (wall
-    clock) for `seconds`. Puts (latencies in s, errors) on `out`."""
+    """One load process: `threads` threads, each one persistent HTTP/1.1 keep-alive
+    connection on a raw socket (like wrk: a precomputed request, the response framed by its
+    Content-Length), sending the request back to back from `start_at` (wall clock) for
+    `seconds`. Puts (latencies in s, errors, CPU seconds of this process) on `out`."""
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+               f"Origin: {ORIGIN}\r\n\r\n").encode()
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
 
     def worker() -> None:
-        conn = http.client.HTTPConnection(host, port, timeout=30)
+        sock = socket.create_connection((host, port), timeout=30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         mine: list[float] = []
         bad = 0
+        buffer = b""
         time.sleep(max(0.0, start_at - time.time()))
         stop = time.perf_counter() + seconds
         while True:
             t0 = time.perf_counter()
             if t0 >= stop:
                 break
-            conn.request("GET", path, headers={"Origin": ORIGIN})
-            response = conn.getresponse()
-            body = response.read()
+            sock.sendall(request)
+            head, body, buffer = _read_response(sock, buffer)
             mine.append(time.perf_counter() - t0)
-            bad += response.status != 200 or not body.startswith(b'{') or b'"result":0' not in body
-        conn.close()
+            bad += not head.startswith(b"HTTP/1.1 200") or b'"result":0' not in body
+        sock.close()
         with lock:
             latencies.extend(mine)
             errors[0] += bad
@@ -138,7 +164,27 @@ def _client(host: str, port: int, path: str, threads: int, start_at: float, seco
         t.start()
     for t in pool:
         t.join()
-    out.put((latencies, errors[0]))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.put((latencies, errors[0], usage.ru_utime + usage.ru_stime))
+
+
+def _read_response(sock: socket.socket, buffer: bytes) -> tuple[bytes, bytes, bytes]:
+    """(status line + headers, body, what was read beyond it) of one HTTP/1.1 response."""
+    while True:
+        end = buffer.find(b"\r\n\r\n")
+        if end >= 0:
+            head = buffer[:end]
+            at = head.lower().find(b"\r\ncontent-length:")
+            if at < 0:
+                raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
+            length = int(head[at + 17:].split(b"\r\n", 1)[0])
+            if len(buffer) >= end + 4 + length:
+                body = buffer[end + 4:end + 4 + length]
+                return head, body, buffer[end + 4 + length:]
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("server closed the connection")
+        buffer += chunk
 
 
 def load(base: str, token: str, clients: int, seconds: float,
@@ -159,10 +205,11 @@ def load(base: str, token: str, clients: int, seconds: float,
     results = [out.get(timeout=seconds + 60) for _ in procs]
     for proc in procs:
         proc.join(10)
-    flat = sorted(x for lat, _ in results for x in lat)
+    flat = sorted(x for lat, _, _ in results for x in lat)
     q = statistics.quantiles(flat, n=100, method="inclusive")
     return {"rps": len(flat) / seconds, "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000,
-            "errors": float(sum(e for _, e in results)), "requests": float(len(flat))}
+            "errors": float(sum(e for _, e, _ in results)), "requests": float(len(flat)),
+            "client_cpu_s": sum(c for _, _, c in results)}
 
 
 def wait_up(url: str, timeout: float = 120.0) -> None:
@@ -188,7 +235,7 @@ def main() -> int:
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     root = Path(tempfile.mkdtemp(prefix="gotapi-bench-"))
-    gotapi, bus, tap, contents, printer, direct_port = free_ports(6)
+    gotapi, bus, tap, contents, printer, direct_port, floor_port = free_ports(7)
     config = root / "config.toml"
     config.write_text(f"""
 [gotapi]
@@ -206,7 +253,7 @@ port = {printer}
     up = subprocess.Popen([sys.executable, "-m", "gotapi3dp.cli", "--config", str(config),
                            "--data-dir", str(root / "data"), "up"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    direct = None
+    direct = floor = None
     try:
         deadline = time.monotonic() + 180
         while not (root / "data" / "up.json").exists():
@@ -226,10 +273,16 @@ port = {printer}
         direct_base = f"http://127.0.0.1:{direct_port}"
         wait_up(f"{direct_base}/gotapi/availability")
         direct_token = authorize(direct_base)
-        results: dict[str, dict[int, dict[str, float]]] = {"bus": {}, "direct": {}}
+        body = json.dumps({"result": 0, **payload}, separators=(",", ":")).encode()
+        floor = ctx.Process(target=serve_floor, args=(floor_port, body), daemon=True)
+        floor.start()
+        floor_base = f"http://127.0.0.1:{floor_port}"
+        wait_up(f"{floor_base}/gotapi/printer3d/status")
+        results: dict[str, dict[int, dict[str, float]]] = {"bus": {}, "direct": {}, "floor": {}}
         for clients in levels:
             for _ in range(args.rounds):
-                for name, base, token in (("direct", direct_base, direct_token),
+                for name, base, token in (("floor", floor_base, ""),
+                                          ("direct", direct_base, direct_token),
                                           ("bus", bus_base, bus_token)):
                     load(base, token, clients, 1.0, args.processes)  # warm-up
                     run = load(base, token, clients, args.seconds, args.processes)
@@ -238,20 +291,23 @@ port = {printer}
                         results[name][clients] = run
         report(results, levels)
     finally:
-        if direct is not None and direct.pid:
-            os.kill(direct.pid, signal.SIGTERM)
-            direct.join(10)
+        for server in (direct, floor):
+            if server is not None and server.pid:
+                os.kill(server.pid, signal.SIGTERM)
+                server.join(10)
         up.send_signal(signal.SIGINT)
         up.wait(60)
     return 0
 
 
 def report(results: dict[str, dict[int, dict[str, float]]], levels: list[int]) -> None:
-    print(f"{'clients':>7} | {'direct req/s':>12} {'p50 ms':>7} {'p99 ms':>7} | "
-          f"{'bus req/s':>10} {'p50 ms':>7} {'p99 ms':>7} | {'bus/direct':>10}")
+    print(f"{'clients':>7} | {'floor req/s':>11} {'p99 ms':>7} | {'direct req/s':>12} "
+          f"{'p50 ms':>7} {'p99 ms':>7} | {'bus req/s':>10} {'p50 ms':>7} {'p99 ms':>7} | "
+          f"{'bus/direct':>10}")
     for c in levels:
-        d, b = results["direct"][c], results["bus"][c]
-        print(f"{c:>7} | {d['rps']:>12.0f} {d['p50_ms']:>7.2f} {d['p99_ms']:>7.2f} | "
+        f, d, b = results["floor"][c], results["direct"][c], results["bus"][c]
+        print(f"{c:>7} | {f['rps']:>11.0f} {f['p99_ms']:>7.2f} | "
+              f"{d['rps']:>12.0f} {d['p50_ms']:>7.2f} {d['p99_ms']:>7.2f} | "
               f"{b['rps']:>10.0f} {b['p50_ms']:>7.2f} {b['p99_ms']:>7.2f} | "
               f"{b['rps'] / d['rps']:>9.0%}")
     errors = sum(r["errors"] for path in results.values() for r in path.values())
