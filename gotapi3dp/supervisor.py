@@ -6,6 +6,7 @@ that dies is restarted with back-off. Linux children also get SIGTERM if we die.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +36,7 @@ START_ORDER = ("contents", "printer", "gotapi", "plugin-host")
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 RESTART_MIN, RESTART_MAX = 1.0, 30.0
+GROUP_GRACE = 6.0       # s a crashed child's leftovers get to stop (Gunicorn's graceful timeout is 5)
 SUPERVISOR_ORIGIN = "gotapi-3dp-supervisor"
 
 
@@ -65,6 +68,55 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         pass
 
 
+def _signal_group(group: int, sig: int) -> bool:
+    """Send `sig` to a process group; False if the group has no process left."""
+    try:
+        os.killpg(group, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a pid reused by someone else's group: not ours to touch
+        return False
+    return True
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process group has a live (not zombie) process left."""
+    try:
+        return any(True for _ in _group_members(group))
+    except OSError:
+        return _signal_group(group, 0)
+
+
+def _terminate_orphans(group: int) -> None:
+    """SIGTERM the processes of `group` whose parent is not in it: what the dead child left
+    (e.g. its Gunicorn worker), not their own children, which they stop themselves (a
+    printer's slicer pool: killed under it, its job would fail instead of being interrupted).
+    Without /proc, the whole group."""
+    try:
+        members = dict(_group_members(group))
+    except OSError:
+        _signal_group(group, signal.SIGTERM)
+        return
+    for pid, parent in members.items():
+        if parent not in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+
+
+def _group_members(group: int) -> Iterator[tuple[int, int]]:
+    """(pid, parent pid) of every live process in a process group, from /proc."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue                          # gone meanwhile
+        if int(fields[2]) == group and fields[0] != "Z":
+            yield int(entry.name), int(fields[1])
+
+
 class Child:
     """One supervised process."""
 
@@ -92,7 +144,8 @@ class Child:
             self.proc.send_signal(signal.SIGTERM)
 
     def wait(self, timeout: float) -> None:
-        """Reap the process, killing it if it has not stopped within `timeout` s."""
+        """Reap the process, killing it if it has not stopped within `timeout` s; then end
+        what is left of its process group."""
         if self.proc is None:
             return
         try:
@@ -101,6 +154,26 @@ class Child:
             log.warning("%s did not stop in time; killing it", self.name)
             self.proc.kill()
             self.proc.wait(5)
+        self.end_group(timeout=1.0)
+
+    def end_group(self, timeout: float = GROUP_GRACE) -> bool:
+        """Stop the processes the child left behind in its session (e.g. a Gunicorn worker
+        whose master died: it would keep the printer's serial port and go on printing while
+        its replacement starts). SIGTERM, then SIGKILL after `timeout` s. True if any."""
+        if self.proc is None:
+            return False
+        group = self.proc.pid                 # start_new_session: the group is the child's pid
+        if not _group_alive(group):
+            return False
+        log.warning("%s left processes behind; stopping them", self.name)
+        _terminate_orphans(group)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _group_alive(group):
+                return True
+            time.sleep(0.05)
+        _signal_group(group, signal.SIGKILL)
+        return True
 
     def stop(self, timeout: float = 10.0) -> None:
         self.terminate()
@@ -237,6 +310,8 @@ class Supervisor:
         delay = min(RESTART_MAX, RESTART_MIN * 2 ** child.restarts)
         self._say(f"{child.name} exited with code {code}; restarting in {delay:.0f} s")
         log.warning("%s exited (%s):\n%s", child.name, code, child.log_tail())
+        if child.end_group():
+            self._say(f"{child.name} had left processes running; stopped them")
         if self._stopping.wait(delay):
             return
         child.restarts += 1

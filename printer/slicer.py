@@ -15,6 +15,7 @@ import dataclasses
 import math
 import multiprocessing
 import os
+import signal
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -364,12 +365,24 @@ def _pool(workers: int) -> ProcessPoolExecutor | None:
     """
     try:
         if threading.active_count() == 1:
-            return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_leave_signals_to_parent)
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["printer.layer_plan"])
-        return ProcessPoolExecutor(workers, mp_context=context)
+        return ProcessPoolExecutor(workers, mp_context=context,
+                                   initializer=_leave_signals_to_parent)
     except (OSError, ValueError, AssertionError, ImportError):
         return None
+
+
+def _leave_signals_to_parent() -> None:
+    """In a planner process: ignore SIGINT and SIGTERM. They share the printer's process
+    group, and a signal to the group (Ctrl-C in a terminal, the supervisor ending a crashed
+    printer's leftovers) must reach the printer, which stops them through the pool, not kill
+    them under it: that turned a shutdown mid-print into a failed job, not an interrupted one.
+    They still end when their parent dies (the pool's pipe closes) or on SIGKILL."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------------------- streaming

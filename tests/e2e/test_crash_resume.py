@@ -122,3 +122,28 @@ def test_kill_9_mid_print_then_resume_from_the_layer(slow_stack: Stack, tmp_path
                                              f"M104 S{SliceProfile().hotend_temp:g}",
                                              f"M190 S{SliceProfile().bed_temp:g}",
                                              f"M109 S{SliceProfile().hotend_temp:g}"]
+
+
+def test_killing_only_the_printer_master_never_leaves_two_printers(slow_stack: Stack) -> None:
+    """SIGKILL of the printer's Gunicorn master alone orphans its worker, which holds the
+    firmware and prints on. The supervisor ends it before it starts the new printer, so two
+    processes never drive one printer; the job is then interrupted, resumable by hand."""
+    app = app_for(slow_stack)
+    sid = service_id(app)
+    _, job_id = print_sample(slow_stack, app, sid)
+    wait_until(app, sid, job_id, lambda j: j["state"] == "printing" and j["layer"] >= 3)
+    master = slow_stack.child_pid("printer")
+    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(master)], capture_output=True,
+                                              text=True).stdout.split()]
+    assert workers, "no printer worker"
+    os.kill(master, signal.SIGKILL)
+
+    deadline = time.monotonic() + 30
+    while any(_proc_state(pid) != "Z" for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_proc_state(pid) == "Z" for pid in workers), "the orphaned worker lives on"
+    wait_until(app, sid, job_id, lambda j: j["state"] == "interrupted")
+    assert slow_stack.child_pid("printer") != master
+    assert "left processes running; stopped them" in slow_stack.log_path.read_text()
+    app.request("DELETE", "printer3d/job", serviceId=sid, jobId=job_id)
+    wait_until(app, sid, job_id, lambda j: j["state"] == "cancelled")
