@@ -136,25 +136,62 @@ class Child:
         self.started_at = time.monotonic()
 
     def exit_code(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
+        """The exit code once the process has ended (negative: the signal that killed it).
+
+        Peeks without reaping: the zombie keeps its pid, so its process group's id cannot be
+        taken by another process while `end_group` cleans up. `reap()` collects it.
+        """
+        if self.proc is None:
+            return None
+        if self.proc.returncode is not None:
+            return self.proc.returncode
+        try:
+            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:       # already reaped elsewhere
+            return self.proc.poll()
+        if info is None or info.si_pid == 0:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+    def reap(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
 
     def terminate(self) -> None:
         """Ask the process to stop (SIGTERM); `wait` then reaps it."""
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is not None and self.exit_code() is None:
             self.proc.send_signal(signal.SIGTERM)
 
     def wait(self, timeout: float) -> None:
-        """Reap the process, killing it if it has not stopped within `timeout` s; then end
-        what is left of its process group."""
+        """Wait for the process, killing it if it has not stopped within `timeout` s; end
+        what is left of its process group; reap it."""
         if self.proc is None:
             return
-        try:
-            self.proc.wait(max(0.0, timeout))
-        except subprocess.TimeoutExpired:
+        if not self._ended_within(timeout):
             log.warning("%s did not stop in time; killing it", self.name)
             self.proc.kill()
-            self.proc.wait(5)
+            self._ended_within(5.0)
         self.end_group(timeout=1.0)
+        self.reap()
+
+    def _ended_within(self, timeout: float) -> bool:
+        end = time.monotonic() + max(0.0, timeout)
+        while self.exit_code() is None:
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.terminate()
+        self.wait(timeout)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
 
     def end_group(self, timeout: float = GROUP_GRACE) -> bool:
         """Stop the processes the child left behind in its session (e.g. a Gunicorn worker
@@ -174,16 +211,6 @@ class Child:
             time.sleep(0.05)
         _signal_group(group, signal.SIGKILL)
         return True
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.terminate()
-        self.wait(timeout)
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 class Supervisor:
@@ -312,6 +339,7 @@ class Supervisor:
         log.warning("%s exited (%s):\n%s", child.name, code, child.log_tail())
         if child.end_group():
             self._say(f"{child.name} had left processes running; stopped them")
+        child.reap()
         if self._stopping.wait(delay):
             return
         child.restarts += 1

@@ -119,6 +119,7 @@ class Bus:
         self._records: dict[str, PluginRecord] = {}
         # Keyed by (requestCode, pluginId): one Intent may be fanned out to several plug-ins.
         self._pending: dict[tuple[bytes, str], _Pending] = {}
+        self._events: list[Intent] = []    # read, not yet delivered to the callbacks
         self._stopping = False
         self._next_refresh = 0.0
 
@@ -166,8 +167,10 @@ class Bus:
         with self._lock:
             if self._router is None or self._stopping:
                 raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE, "the bus is not running")
-            self._start_request(key, payload, latch, deadline)
-            self._read_if_pending()
+            try:
+                self._start_request(key, payload, latch, deadline)
+            finally:
+                self._read_if_pending()    # also when the send failed: it may have used ZMQ_FD
         if not latch.wait(deadline - time.monotonic()):
             with self._lock:
                 self._pending.pop(key, None)
@@ -189,15 +192,19 @@ class Bus:
             if self._router is None or self._stopping:
                 log.debug("bus not running; notice %s dropped", intent.action.value)
                 return
-            self._notify(payload, plugin_id)
-            self._read_if_pending()
+            try:
+                self._notify(payload, plugin_id)
+            finally:
+                self._read_if_pending()
 
     def plugins(self) -> list[PluginRecord]:
         """The plug-ins as last published: shared snapshot records, read them, never write."""
         return list(self._snapshot)
 
     def on_event(self, callback: Callable[[str, Intent], None]) -> None:
-        """Register callback(plugin_id, EVENT intent); it runs on the bus thread, keep it short."""
+        """Register callback(plugin_id, EVENT intent). Callbacks run on the bus thread, in the
+        order the events arrived, without the bus lock held; keep them short, and never wait
+        on `request()` there (its reply would be read by the very thread that waits)."""
         self._callbacks = (*self._callbacks, callback)
 
     # ---- the bus thread ----
@@ -280,6 +287,8 @@ class Bus:
                     next_tick = now + tick
                     self._guard(self._timers)      # may send heartbeats: read after it
                 self._receive_batch()
+            if self._events:
+                self._deliver_events()
 
     def _guard(self, fn: Callable[..., None], *args: Any) -> None:
         """Run one handler; a bug or a hostile frame must never end the bus thread."""
@@ -391,8 +400,20 @@ class Bus:
             log.warning("bus: dropped %s from %r for plug-in %r", intent.action.value, peer[:64],
                         intent.plugin_id)
             return
-        for callback in self._callbacks:
-            self._guard(callback, intent.plugin_id, intent)
+        # Any lock holder may read this event; only the bus thread delivers, outside the lock
+        # (a callback may call notify()), and in arrival order.
+        self._events.append(intent)
+        if threading.current_thread() is not self._thread:
+            assert self._mailbox is not None
+            self._mailbox.post("events")
+
+    def _deliver_events(self) -> None:
+        """Run the callbacks for the events read so far (bus thread, lock not held)."""
+        with self._lock:
+            events, self._events = self._events, []
+        for intent in events:
+            for callback in self._callbacks:
+                self._guard(callback, intent.plugin_id, intent)
 
     def _on_heartbeat(self, peer: bytes) -> None:
         pass  # last_recv was refreshed in _on_frames

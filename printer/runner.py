@@ -284,9 +284,7 @@ class JobRunner:
             fields: dict[str, Any] = {}
         except P3DError as exc:
             rebooted = self._printing and REBOOT_MARK in exc.message
-            # Failing while the printer shuts down is the shutdown's doing: resumable.
-            stopping = self._printing and self._shutdown.is_set()
-            state = JobState.INTERRUPTED if rebooted or stopping else JobState.FAILED
+            state = JobState.INTERRUPTED if rebooted else JobState.FAILED
             fields = {"error": exc.to_http()["error"]}
         except Exception as exc:  # a bug must not leave the job active forever
             log.exception("job %s failed", work.job_id)

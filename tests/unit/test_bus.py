@@ -188,6 +188,42 @@ def test_events_are_dispatched_while_requests_are_in_flight(ctx, bus, pool) -> N
     assert wait_until(lambda: got == ["a", "b", "c"])
 
 
+def test_event_callbacks_run_on_the_bus_thread_unlocked(ctx, bus, pool) -> None:
+    """Whoever reads an EVENT (a request thread after its send, or the bus thread), the
+    callbacks run on the bus thread without the bus lock: one may call notify()."""
+    host = connected(ctx, bus)
+    threads: list[str] = []
+
+    def callback(plugin_id: str, intent: Intent) -> None:
+        threads.append(threading.current_thread().name)
+        bus.notify(Intent(Action.EVENT_TRANSMIT_DISCONNECT, origin=f"seen-{intent.params['n']}"),
+                   "echo")
+
+    bus.on_event(callback)
+    origins: list[str | None] = []
+
+    def serve_until_answered() -> None:
+        while (frames := host.recv(timeout=5)) is not None:
+            intent = decode(frames[2])
+            if intent.action is Action.EVENT_TRANSMIT_DISCONNECT:
+                origins.append(intent.origin)
+            else:
+                host.send(PROTOCOL, REPLY, encode(intent.response({})))
+                return
+
+    for n in range(5):
+        event = Intent(Action.EVENT, profile="echo", attribute="said", plugin_id="echo",
+                       params={"n": n})
+        host.send(PROTOCOL, EVENT, encode(event))
+        fut = pool.submit(bus.request, get(n=n), "echo", 5.0)   # its send may read the event
+        serve_until_answered()
+        assert fut.result(timeout=5).result == 0
+    while len(origins) < 5 and (frames := host.recv(timeout=5)) is not None:
+        origins.append(decode(frames[2]).origin)
+    assert origins == [f"seen-{n}" for n in range(5)]
+    assert set(threads) == {"gotapi-bus"}
+
+
 def test_plugins_lists_announced_plugins(ctx, bus) -> None:
     connected(ctx, bus, "h-a", ("alpha", "beta"))
     records = {p.id: p for p in bus.plugins()}

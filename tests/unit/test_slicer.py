@@ -446,6 +446,16 @@ def test_merged_joins_identical_vertices_in_first_use_order():
     assert merged.faces.tolist() == [[0, 1, 2], [1, 0, 3]]
 
 
+def test_merged_closes_a_crack_below_the_merge_tolerance():
+    sphere = trimesh.creation.icosphere(2)
+    soup = trimesh.Trimesh(sphere.triangles.reshape(-1, 3).copy(),
+                           np.arange(len(sphere.faces) * 3).reshape(-1, 3), process=False)
+    soup.vertices[5] += 1e-12                               # one copy a hair off
+    merged = slicer._merged(soup)
+    assert len(merged.vertices) == len(sphere.vertices)
+    assert merged.is_watertight
+
+
 def test_merged_keeps_an_indexed_mesh_as_it_is():
     mesh = trimesh.creation.icosphere(2)
     merged = slicer._merged(mesh)

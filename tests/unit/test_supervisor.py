@@ -35,8 +35,7 @@ def crashed_child(tmp_path: Path, worker: str) -> tuple[Child, int]:
     child = Child("printer", [sys.executable, "-c", ORPHANING.format(worker=worker)],
                   tmp_path / "printer.log")
     child.start()
-    assert child.proc is not None
-    child.proc.wait(10)
+    assert child._ended_within(10)                          # noqa: SLF001 (as the supervisor)
     grandchild = int((tmp_path / "printer.log").read_text().split()[0])
     assert alive(grandchild)                                # the leftover is really there
     return child, grandchild
@@ -62,6 +61,24 @@ def test_leftovers_that_ignore_sigterm_are_killed(tmp_path):
     child, grandchild = crashed_child(tmp_path, STUBBORN)
     assert child.end_group(timeout=0.5)
     assert wait_gone(grandchild)
+
+
+def test_exit_code_peeks_and_keeps_the_pid_until_reaped(tmp_path):
+    child = Child("contents", [sys.executable, "-c", "raise SystemExit(3)"],
+                  tmp_path / "contents.log")
+    child.start()
+    assert child._ended_within(10)                          # noqa: SLF001
+    assert child.exit_code() == 3
+    assert child.proc is not None and os.path.exists(f"/proc/{child.proc.pid}")  # a zombie
+    child.reap()
+    assert child.exit_code() == 3 and not os.path.exists(f"/proc/{child.proc.pid}")
+    killed = Child("printer", [sys.executable, "-c", "import time; time.sleep(60)"],
+                   tmp_path / "printer.log")
+    killed.start()
+    assert killed.proc is not None
+    os.kill(killed.proc.pid, 9)
+    assert killed._ended_within(10) and killed.exit_code() == -9   # noqa: SLF001
+    killed.reap()
 
 
 def test_a_child_that_left_nothing_behind(tmp_path):
