@@ -72,9 +72,11 @@ class Topology:
     face_shell: np.ndarray
 
     @classmethod
-    def of(cls, mesh: trimesh.Trimesh) -> Topology:
+    def of(cls, mesh: trimesh.Trimesh,
+           edge_topology: tuple[np.ndarray, np.ndarray] | None = None) -> Topology:
+        """`edge_topology`: `geometry.edge_topology(mesh.faces)` if the caller has it."""
         faces = np.asarray(mesh.faces)
-        edges, face_edges = geometry.edge_topology(faces)
+        edges, face_edges = edge_topology or geometry.edge_topology(faces)
         return cls(np.asarray(mesh.vertices), faces, edges, face_edges,
                    geometry.shells(face_edges, len(edges)))
 
@@ -96,14 +98,12 @@ def load_mesh(path: Path, profile: SliceProfile) -> trimesh.Trimesh:
 def _load(path: Path, profile: SliceProfile) -> tuple[trimesh.Trimesh, Topology]:
     """`load_mesh`, and the placed mesh's `Topology` found while checking it."""
     mesh = _merged(_read_mesh(path))
-    edges, face_edges = _check_mesh(mesh, profile)
+    edge_topology = _check_mesh(mesh, profile)
     low, high = mesh.bounds
     centre = (low + high) / 2.0
     mesh.apply_translation([profile.bed_x / 2.0 - centre[0], profile.bed_y / 2.0 - centre[1],
                             -low[2]])
-    faces = np.asarray(mesh.faces)
-    return mesh, Topology(np.asarray(mesh.vertices), faces, edges, face_edges,
-                          geometry.shells(face_edges, len(edges)))
+    return mesh, Topology.of(mesh, edge_topology)
 
 
 def _read_mesh(path: Path) -> trimesh.Trimesh:
