@@ -32,5 +32,9 @@ def check_job_id(value: object) -> str:
 
 
 def new_id(nbytes: int = 16) -> str:
-    """A random URL-safe id (128 bits by default)."""
-    return secrets.token_urlsafe(nbytes).rstrip("=")
+    """A random URL-safe id (128 bits by default) that never starts with "-": one in 64
+    did, and a command line took it for an option (`gotapi-3dp print -Xy...`)."""
+    while True:
+        value = secrets.token_urlsafe(nbytes).rstrip("=")
+        if not value.startswith("-"):
+            return value
