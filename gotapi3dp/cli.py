@@ -436,14 +436,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .supervisor import StartError
+def _operator_errors() -> tuple[type[BaseException], ...]:
+    """What main() reports as one line. StartError only once `up`/`demo` loaded the
+    supervisor: `serve gotapi` must not import it (it pulls in requests and so ssl, which
+    gevent then warns it patched too late in the GotAPI worker)."""
     from .wire.errors import P3DError
+    supervisor = sys.modules.get(f"{__package__}.supervisor")
+    start_error = (supervisor.StartError,) if supervisor is not None else ()
+    return (ConfigError, P3DError, OSError, *start_error)
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, args.data_dir)
         return int(args.func(args, config))
-    except (ConfigError, StartError, P3DError, OSError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _operator_errors()):
+            raise
         print(f"gotapi-3dp: error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:

@@ -29,7 +29,9 @@ class GotapiConfig:
     tap_endpoint: str = "tcp://127.0.0.1:4041"  # PUB copy of every bus frame, for `bus tap`
     request_timeout: float = 60.0        # seconds a plug-in may take (Device Connect: 60 s)
     discovery_timeout: float = 8.0       # per plug-in, during serviceDiscovery
-    threads: int = 16                    # gunicorn gthread threads in the single worker
+    worker: str = "gevent"               # gunicorn worker: "gevent" (greenlets) or "gthread"
+    connections: int = 1000              # gevent: open connections, WebSockets included
+    threads: int = 16                    # gthread: request threads (each WebSocket holds one)
     allowed_origins: list[str] = field(default_factory=list)  # empty: any single origin
     allow_non_loopback: bool = False     # refuse to bind elsewhere unless told explicitly
     token_lifetime: int = 180 * 24 * 3600

@@ -1,16 +1,21 @@
-"""Serve a Flask app factory with Gunicorn (one gthread worker) from our own CLI.
+"""Serve a Flask app factory with Gunicorn (one worker) from our own CLI.
 
 The factory runs inside the worker, after fork, so ZeroMQ contexts, SQLite connections and
-threads are never created in the master (pyzmq and SQLite are not fork-safe).
+threads are never created in the master (pyzmq and SQLite are not fork-safe). The worker is
+"gthread" (request threads) or "gevent" (greenlets, `gevent_worker.FairGeventWorker`; the
+process is monkey-patched before the factory runs).
 """
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
 
 log = logging.getLogger(__name__)
+
+WORKER_CLASSES = {"gthread": "gthread", "gevent": "gotapi3dp.gevent_worker.FairGeventWorker"}
 
 
 class _FactoryApplication(BaseApplication):  # type: ignore[misc]
@@ -30,11 +35,21 @@ class _FactoryApplication(BaseApplication):  # type: ignore[misc]
 
 def run_gunicorn(factory: Callable[[], Any], host: str, port: int, *, threads: int = 8,
                  name: str = "gotapi-3dp", on_exit: Callable[[], None] | None = None,
-                 access_log: bool = False) -> None:
+                 access_log: bool = False, worker: str = "gthread",
+                 connections: int = 1000) -> None:
     """Block serving `factory()` on host:port until SIGINT/SIGTERM.
 
-    `on_exit` runs in the worker when it shuts down (stop threads, close sockets).
+    `threads` sizes a gthread worker, `connections` a gevent one. `on_exit` runs in the
+    worker when it shuts down (stop threads, close sockets).
     """
+    if worker not in WORKER_CLASSES:
+        raise ValueError(f"unknown worker {worker!r} (choose from {', '.join(WORKER_CLASSES)})")
+
+    def post_worker_init(_worker: Any) -> None:
+        # The app is built: move what it allocated out of the collector's sight, so a full
+        # collection no longer walks it (one took 16-26 ms under load, the whole p99 budget).
+        gc.freeze()
+
     def worker_exit(server: Any, worker: Any) -> None:
         if on_exit is not None:
             on_exit()
@@ -43,8 +58,10 @@ def run_gunicorn(factory: Callable[[], Any], host: str, port: int, *, threads: i
     options = {
         "bind": bind,
         "workers": 1,
-        "worker_class": "gthread",
+        "worker_class": WORKER_CLASSES[worker],
         "threads": threads,
+        "worker_connections": connections,
+        "post_worker_init": post_worker_init,
         "preload_app": False,
         "timeout": 120,
         "graceful_timeout": 5,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import select
 import threading
 import time
 from concurrent.futures import Future
@@ -30,8 +29,11 @@ from gotapi3dp.wire.busproto import (COMMAND_NAMES, DISCONNECT, EVENT, HEARTBEAT
                                      HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, MAX_FRAME_BYTES,
                                      PROTOCOL, READY, REPLY, REQUEST, SOCKET_HWM, decode_announce)
 from gotapi3dp.mailbox import Mailbox
+from gotapi3dp.zmqio import NOBLOCK, readable, recv_frames, send_frames
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Action, Intent, IntentError, decode, encode
+
+from .fdwait import FdWaiter, fd_waiter
 
 log = logging.getLogger(__name__)
 
@@ -266,15 +268,19 @@ class Bus:
         assert self._router is not None and self._mailbox is not None
         mailbox_fd = self._mailbox.fd
         tap_fd = self._tap.getsockopt(zmq.FD) if self._tap is not None else -1
-        poller = select.poll()
-        poller.register(self._router.getsockopt(zmq.FD), select.POLLIN)
-        poller.register(mailbox_fd, select.POLLIN)
-        if tap_fd >= 0:
-            poller.register(tap_fd, select.POLLIN)
+        fds = [self._router.getsockopt(zmq.FD), mailbox_fd] + ([tap_fd] if tap_fd >= 0 else [])
+        waiter = fd_waiter(fds)
+        try:
+            self._serve(waiter, mailbox_fd, tap_fd)
+        finally:
+            waiter.close()
+
+    def _serve(self, waiter: FdWaiter, mailbox_fd: int, tap_fd: int) -> None:
+        assert self._router is not None and self._mailbox is not None
         poll_ms = max(10, int(self._heartbeat * 250))
         tick, next_tick = poll_ms / 1000.0, 0.0
         while not self._stopping:
-            ready = {fd for fd, _ in poller.poll(poll_ms)}
+            ready = waiter.wait(poll_ms)
             with self._lock:
                 if mailbox_fd in ready and "stop" in self._mailbox.drain():
                     self._stopping = True
@@ -301,7 +307,7 @@ class Bus:
         """After a send (lock held): read what has arrived. ZMQ_FD is edge-triggered and a
         send may consume its signal, so the bus thread's poll would not wake for it."""
         assert self._router is not None
-        if self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if readable(self._router):
             self._receive_batch()
 
     def _receive_batch(self) -> None:
@@ -309,7 +315,7 @@ class Bus:
         assert self._router is not None
         for _ in range(RECV_BATCH):
             try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(self._router, NOBLOCK)
             except zmq.Again:     # also resets ZMQ_FD: the poll wakes for the next arrival
                 return
             self._guard(self._on_frames, frames)
@@ -515,7 +521,7 @@ class Bus:
         assert self._router is not None
         frames = [peer, PROTOCOL, command] + ([body] if body is not None else [])
         try:
-            self._router.send_multipart(frames)
+            send_frames(self._router, frames)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: gone; EAGAIN: its queue stayed full
             log.warning("bus: %s to %r failed: %s", _name(command), peer[:64], exc)
             if exc.errno == zmq.EHOSTUNREACH:
@@ -545,7 +551,7 @@ class Bus:
         if self._tap is None or not self._tap_topics:
             return
         try:
-            self._tap.send_multipart([direction, *frames], zmq.NOBLOCK)
+            send_frames(self._tap, [direction, *frames], NOBLOCK)
         except zmq.ZMQError:
             pass  # a tap is best effort
 

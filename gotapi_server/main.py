@@ -5,8 +5,8 @@ from typing import Any
 
 from flask import Flask
 
-from gotapi3dp.config import Config, check_bind_host
-from gotapi3dp.serving import run_gunicorn
+from gotapi3dp.config import Config, ConfigError, check_bind_host
+from gotapi3dp.serving import WORKER_CLASSES, run_gunicorn
 
 from .app import create_app
 
@@ -15,6 +15,9 @@ def serve(config: Config) -> None:
     """Block serving GotAPI on config.gotapi.host:port; the bus lives in the worker."""
     gotapi = config.gotapi
     check_bind_host(gotapi.host, gotapi.allow_non_loopback, "GotAPI server")
+    if gotapi.worker not in WORKER_CLASSES:
+        raise ConfigError(f"gotapi.worker must be one of {', '.join(WORKER_CLASSES)}, "
+                          f"not {gotapi.worker!r}")
     data_dir = config.dir_for("gotapi")
     running: dict[str, Any] = {}
 
@@ -32,4 +35,5 @@ def serve(config: Config) -> None:
             bus.stop()
 
     run_gunicorn(factory, gotapi.host, gotapi.port, threads=gotapi.threads,
+                 worker=gotapi.worker, connections=gotapi.connections,
                  name="gotapi-3dp-gotapi", on_exit=on_exit)

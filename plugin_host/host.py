@@ -28,6 +28,7 @@ from gotapi3dp.wire.busproto import (DISCONNECT, EVENT, HEARTBEAT, HEARTBEAT_INT
                                      RECONNECT_MAX, RECONNECT_MIN, REPLY, REQUEST, SOCKET_HWM,
                                      Announce, encode_announce)
 from gotapi3dp.mailbox import Mailbox
+from gotapi3dp.zmqio import NOBLOCK, recv_frames, send_frames
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Action, Intent, IntentError, decode, encode
 
@@ -111,7 +112,7 @@ class PluginHost:
             if self._socket is None:
                 return
             try:
-                frames = self._socket.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(self._socket, NOBLOCK)
             except zmq.Again:
                 return
             self._guard(self._on_frames, frames)
@@ -183,7 +184,7 @@ class PluginHost:
             return
         frames = [PROTOCOL, command] + ([body] if body is not None else [])
         try:
-            self._socket.send_multipart(frames)
+            send_frames(self._socket, frames)
         except zmq.Again:
             log.warning("send queue to the server is full; %r dropped", command)
             return

@@ -117,6 +117,26 @@ def test_second_socket_of_an_origin_is_4(stack: Stack) -> None:
         close(ws)
 
 
+def test_many_sockets_stay_open_while_the_server_answers(stack: Stack) -> None:
+    """Each socket is a greenlet, not one of a few request threads: 40 apps hold a socket
+    open at once and plain requests are still answered meanwhile."""
+    sockets = []
+    try:
+        for i in range(40):
+            origin = f"http://localhost:{5300 + i}"
+            app = app_at(stack, origin)
+            ws, answer = open_socket(stack, origin, json.dumps({"accessToken": app.access_token}))
+            sockets.append(ws)
+            assert answer == {"result": 0}, (i, answer)
+        app = app_at(stack, "http://localhost:5299")
+        app.timeout = 10  # with one thread per socket this would wait for a free thread
+        assert app.request("GET", "availability")["result"] == 0
+        assert app.request("GET", "servicediscovery")["services"]
+    finally:
+        for ws in sockets:
+            close(ws)
+
+
 def test_every_job_change_reaches_the_app_in_order(stack: Stack) -> None:
     origin = "http://localhost:5105"
     app = app_at(stack, origin)
