@@ -1,8 +1,8 @@
 """Benchmark: `GET /gotapi/printer3d/status` through the Intent bus and the plug-in, against
 the same GotAPI server answering the same JSON without the bus, at 1, 8 and 32 clients.
 
-    python bench/gotapi_roundtrip.py [--seconds 5] [--clients 1,8,32] [--processes 4]
-                                     [--rounds 1]
+    python bench/gotapi_roundtrip.py [--seconds 5] [--clients 1,8,32] [--rounds 1]
+                                     [--loadgen auto|wrk|python] [--processes 4]
 
 Starts `gotapi-3dp up` on free loopback ports in a temporary data dir (the bus path), and a
 second GotAPI server (same `create_app`, same checks, auth and forwarder, same gunicorn
@@ -11,10 +11,13 @@ the JSON the real plug-in gave (the direct path), and a third, bare Flask app on
 gunicorn settings returning the same bytes with no GotAPI work at all (the floor: what
 Flask + gunicorn cost by themselves on this machine). Prints one table and a JSON line.
 
-The load generator is the same for both paths: the clients are threads spread over a few
-processes, each with one persistent keep-alive connection on a raw socket sending a
-precomputed request, as wrk does (requests, then http.client, cost the shared two cores
-more than the server did and so measured the generator, not the server).
+The load generator is the same for all paths: `wrk` (one thread, one keep-alive connection
+per client, its own latency histogram) when it is on the PATH (`apt-get install wrk`), else
+Python clients that imitate it: threads spread over a few processes, each with one
+persistent connection on a raw socket sending a precomputed request. Prefer wrk: the
+Python clients' own GIL hand-offs add milliseconds to the tail they measure once the
+server answers in 2-3 ms. wrk does not read bodies, so each run is bracketed by one checked
+request (`"result": 0`) on the same URL.
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -94,7 +99,8 @@ def serve_direct(port: int, data_dir: str, status: dict[str, Any]) -> None:
     config = GotapiConfig(port=port)
     spec = json.loads(SPEC_PATH.read_text())
     run_gunicorn(lambda: create_app(config, Path(data_dir), InProcessBus(status, spec)),
-                 "127.0.0.1", port, threads=config.threads, name="bench-direct")
+                 "127.0.0.1", port, threads=config.threads, worker=config.worker,
+                 connections=config.connections, name="bench-direct")
 
 
 def serve_floor(port: int, body: bytes) -> None:
@@ -113,7 +119,9 @@ def serve_floor(port: int, body: bytes) -> None:
             return Response(body, mimetype="application/json")
         return app
 
-    run_gunicorn(make, "127.0.0.1", port, threads=GotapiConfig().threads, name="bench-floor")
+    config = GotapiConfig()
+    run_gunicorn(make, "127.0.0.1", port, threads=config.threads, worker=config.worker,
+                 connections=config.connections, name="bench-floor")
 
 
 # ---- load ---------------------------------------------------------------------------------
@@ -212,6 +220,36 @@ def load(base: str, token: str, clients: int, seconds: float,
             "client_cpu_s": sum(c for _, _, c in results)}
 
 
+def load_wrk(base: str, token: str, clients: int, seconds: float) -> dict[str, float]:
+    """One wrk run: `clients` keep-alive connections on one wrk thread for `seconds`."""
+    url = f"{base}/gotapi/printer3d/status?" + urlencode({"serviceId": SERVICE,
+                                                          "accessToken": token})
+    check_status(url)
+    out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--latency",
+                          "-H", f"Origin: {ORIGIN}", url],
+                         capture_output=True, text=True, check=True).stdout
+    check_status(url)
+    requests_done = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = float(bad.group(1)) if bad else 0.0
+    errors += sum(float(x) for x in sock.groups()) if sock else 0.0
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+            "p50_ms": _wrk_ms(out, "50%"), "p99_ms": _wrk_ms(out, "99%"),
+            "errors": errors, "requests": requests_done, "client_cpu_s": float("nan")}
+
+
+def _wrk_ms(out: str, quantile: str) -> float:
+    value, unit = re.search(rf"^\s+{quantile}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def check_status(url: str) -> None:
+    answer = requests.get(url, headers={"Origin": ORIGIN}, timeout=10).json()
+    if answer.get("result") != 0:
+        raise RuntimeError(f"status did not answer result 0: {answer}")
+
+
 def wait_up(url: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -227,13 +265,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
+                        help="wrk if it is on the PATH (auto), or the Python clients")
     parser.add_argument("--processes", type=int, default=4,
-                        help="load processes the clients are spread over (default 4)")
+                        help="Python clients: load processes they are spread over (default 4)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternate direct/bus this many times per level; keep each "
                              "path's best round (other load on the machine only slows)")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
+    use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk"))
+    if args.loadgen == "wrk" and not shutil.which("wrk"):
+        parser.error("wrk is not on the PATH (apt-get install wrk)")
+
+    def run_load(base: str, token: str, clients: int, seconds: float) -> dict[str, float]:
+        if use_wrk:
+            return load_wrk(base, token, clients, seconds)
+        return load(base, token, clients, seconds, args.processes)
+    print(f"load generator: {'wrk' if use_wrk else 'Python clients'}", flush=True)
     root = Path(tempfile.mkdtemp(prefix="gotapi-bench-"))
     gotapi, bus, tap, contents, printer, direct_port, floor_port = free_ports(7)
     config = root / "config.toml"
@@ -284,8 +333,8 @@ port = {printer}
                 for name, base, token in (("floor", floor_base, ""),
                                           ("direct", direct_base, direct_token),
                                           ("bus", bus_base, bus_token)):
-                    load(base, token, clients, 1.0, args.processes)  # warm-up
-                    run = load(base, token, clients, args.seconds, args.processes)
+                    run_load(base, token, clients, 1.0)  # warm-up
+                    run = run_load(base, token, clients, args.seconds)
                     best = results[name].get(clients)
                     if best is None or run["rps"] > best["rps"]:
                         results[name][clients] = run
