@@ -33,6 +33,8 @@ from typing import Any, Callable
 
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 
+from .fdwait import gevent_patched
+
 DB_NAME = "auth.sqlite3"
 _SCOPE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_SCOPES = 64
@@ -104,7 +106,12 @@ class _Grant:
 
 
 class AuthStore:
-    """Clients and tokens in `<data_dir>/auth.sqlite3` (WAL); one connection per thread."""
+    """Clients and tokens in `<data_dir>/auth.sqlite3` (WAL); one connection per thread.
+
+    Under gevent every greenlet would be a "thread" here (one connection per HTTP
+    connection, up to a thousand open files); all greenlets run on one OS thread and no
+    statement here yields mid-way (autocommit, single statements), so they share one.
+    """
 
     def __init__(self, data_dir: Path, token_lifetime: int,
                  clock: Callable[[], float] = time.time) -> None:
@@ -112,6 +119,8 @@ class AuthStore:
         self.token_lifetime = int(token_lifetime)
         self.clock = clock
         self._local = threading.local()     # .db: this thread's connection
+        self._shared: sqlite3.Connection | None = None  # under gevent: the one connection
+        self._greenlets = gevent_patched()
         self._grants: dict[str, _Grant] = {}  # token digest -> row; see the module docstring
         self._grants_lock = threading.Lock()
         if not self.path.exists():
@@ -127,6 +136,10 @@ class AuthStore:
 
     def _connect(self) -> sqlite3.Connection:
         """This thread's connection (autocommit), opened on first use; closed with the thread."""
+        if self._greenlets:
+            if self._shared is None:
+                self._shared = self._open()
+            return self._shared
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = self._local.db = self._open()

@@ -33,7 +33,7 @@ from gotapi3dp.zmqio import NOBLOCK, readable, recv_frames, send_frames
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Action, Intent, IntentError, decode, encode
 
-from .fdwait import FdWaiter, fd_waiter
+from .fdwait import FdWaiter, fd_waiter, gevent_patched
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,10 @@ class Bus:
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)   # unroutable -> EHOSTUNREACH, not silence
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)    # a restarted host may reuse its id at once
-        router.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
+        # A host whose queue is full holds a blocking send up to SNDTIMEO. In a thread that
+        # stalls the bus; under gevent (a real, not green, socket) it would stall every
+        # connection of the server, so there a full queue fails the send at once.
+        router.setsockopt(zmq.SNDTIMEO, 0 if gevent_patched() else SEND_TIMEOUT_MS)
         router.setsockopt(zmq.SNDHWM, SOCKET_HWM)
         router.setsockopt(zmq.RCVHWM, SOCKET_HWM)
         router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)

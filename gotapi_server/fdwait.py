@@ -19,12 +19,14 @@ class FdWaiter(Protocol):
 
 def fd_waiter(fds: list[int]) -> FdWaiter:
     """A waiter suited to this process: gevent's hub once `select` is monkey-patched."""
-    if _gevent_patched():
+    if gevent_patched():
         return GeventWaiter(fds)
     return PollWaiter(fds)
 
 
-def _gevent_patched() -> bool:
+def gevent_patched() -> bool:
+    """Whether this process runs under gevent (the GotAPI server's worker): then blocking
+    waits must go through the hub, and blocking socket calls stall every connection."""
     try:
         from gevent import monkey
     except ImportError:
@@ -88,6 +90,7 @@ class GeventWaiter:
             self._timer.stop()
             self._timer.close()
         seconds = max(timeout_ms, 1) / 1000.0
+        self._loop.update_now()  # the loop's cached time may be stale: count from now
         self._timer = self._loop.timer(seconds, seconds)
         self._timer.start(self._event.set)
         self._timer_ms = timeout_ms

@@ -68,3 +68,45 @@ def test_a_gevent_patched_process_uses_the_hub() -> None:
             "print(type(waiter).__name__, sorted(waiter.wait(1000)) == [r])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["GeventWaiter", "True"], out.stderr
+
+
+def test_gevent_timeout_counts_from_the_call_not_a_stale_loop_clock() -> None:
+    """A fresh hub's cached time is that of its creation: a timer started from it later
+    would fire at once. Run in a fresh process, where the hub has never turned."""
+    import subprocess
+    import sys
+    code = ("import os, time\nfrom gotapi_server.fdwait import GeventWaiter\n"
+            "r, w = os.pipe(); waiter = GeventWaiter([r]); time.sleep(0.2)\n"
+            "for _ in range(2):\n"
+            "    t = time.monotonic(); waiter.wait(50); print(time.monotonic() - t >= 0.04)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True", "True"], out.stdout + out.stderr
+
+
+GEVENT_SERVER = """
+from gevent import monkey; monkey.patch_all()
+import sys, tempfile, zmq, gevent
+from pathlib import Path
+from gotapi_server.auth import AuthStore
+from gotapi_server.bus import Bus
+bus = Bus("tcp://127.0.0.1:0")
+bus.start()
+print("sndtimeo", bus._router.getsockopt(zmq.SNDTIMEO))
+bus.stop()
+store = AuthStore(Path(tempfile.mkdtemp()), 3600)
+def app(i):
+    client = store.grant(f"http://localhost:{6000 + i}")
+    gevent.sleep(0)
+    store.grant(f"http://localhost:{7000 + i}")
+gevent.joinall([gevent.spawn(app, i) for i in range(20)], raise_error=True)
+print("connections", 1 if store._shared is not None else 0, getattr(store._local, "db", None))
+"""
+
+
+def test_a_gevent_server_never_blocks_on_a_full_host_and_shares_one_database_connection(
+        ) -> None:
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", GEVENT_SERVER], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.split("\n")[:2] == ["sndtimeo 0", "connections 1 None"], out.stderr
