@@ -15,6 +15,7 @@ import dataclasses
 import math
 import multiprocessing
 import os
+import select
 import signal
 import tempfile
 import threading
@@ -373,21 +374,47 @@ def _pool(workers: int) -> ProcessPoolExecutor | None:
     try:
         if threading.active_count() == 1:
             return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                       initializer=_leave_signals_to_parent)
+                                       initializer=_leave_signals_to_parent,
+                                       initargs=(os.getpid(),))
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["printer.layer_plan"])
         return ProcessPoolExecutor(workers, mp_context=context,
-                                   initializer=_leave_signals_to_parent)
+                                   initializer=_leave_signals_to_parent,
+                                   initargs=(os.getpid(),))
     except (OSError, ValueError, AssertionError, ImportError):
         return None
 
 
-def _leave_signals_to_parent() -> None:
+def _leave_signals_to_parent(owner: int) -> None:
     """In a planner process: ignore SIGINT. Ctrl-C in a terminal reaches the whole
     foreground process group; the printer must stop its planners through the pool (its job
     is then interrupted), not have them die under it (the job would fail). SIGTERM still
     ends them: the supervisor sends it only to processes whose parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with(owner)
+
+
+def _die_with(owner: int) -> None:
+    """End this planner when process `owner` (the printer that made the pool) ends.
+
+    A planner's parent is the multiprocessing fork server, not the printer, and the fork
+    server lives as long as any planner does (each holds its "alive" pipe), so neither
+    notices a printer killed with SIGKILL outside `gotapi-3dp up`: they lived on, orphaned.
+    A pidfd (Linux >= 5.3) becomes readable when `owner` exits; a daemon thread waits on it.
+    Elsewhere this does nothing.
+    """
+    try:
+        pidfd = os.pidfd_open(owner)
+    except ProcessLookupError:
+        os._exit(1)  # the printer ended before this planner came up
+    except (AttributeError, OSError):
+        return
+
+    def watch() -> None:
+        select.select([pidfd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="owner-watch", daemon=True).start()
 
 
 # ---------------------------------------------------------------------------- streaming
