@@ -373,20 +373,18 @@ def _pool(workers: int) -> ProcessPoolExecutor | None:
     """
     try:
         if threading.active_count() == 1:
-            return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                       initializer=_leave_signals_to_parent,
-                                       initargs=(os.getpid(),))
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["printer.layer_plan"])
-        return ProcessPoolExecutor(workers, mp_context=context,
-                                   initializer=_leave_signals_to_parent,
+            context: Any = multiprocessing.get_context("fork")
+        else:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["printer.layer_plan"])
+        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_planner,
                                    initargs=(os.getpid(),))
     except (OSError, ValueError, AssertionError, ImportError):
         return None
 
 
-def _leave_signals_to_parent(owner: int) -> None:
-    """In a planner process: ignore SIGINT. Ctrl-C in a terminal reaches the whole
+def _init_planner(owner: int) -> None:
+    """In a planner process: ignore SIGINT, and end with `owner`. Ctrl-C in a terminal reaches the whole
     foreground process group; the printer must stop its planners through the pool (its job
     is then interrupted), not have them die under it (the job would fail). SIGTERM still
     ends them: the supervisor sends it only to processes whose parent is gone."""
