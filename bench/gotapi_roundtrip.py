@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import requests
 
 ORIGIN = "http://localhost:4035"
 SERVICE = "printer-1.printer3d"
@@ -126,12 +125,20 @@ def serve_floor(port: int, body: bytes) -> None:
 
 # ---- load ---------------------------------------------------------------------------------
 
+def _http_get(url: str, **kwargs: Any) -> Any:
+    """`requests.get`, imported here: the servers this script spawns re-import it as their
+    main module, and `requests` (with ssl) must not be imported before gevent patches them."""
+    import requests
+
+    return requests.get(url, **kwargs)
+
+
 def authorize(base: str) -> str:
     h = {"Origin": ORIGIN}
-    cid = requests.get(f"{base}/gotapi/authorization/grant", headers=h, timeout=10).json()["clientId"]
-    return str(requests.get(f"{base}/gotapi/authorization/accessToken", headers=h, timeout=10,
-                            params={"clientId": cid, "scope": "printer3d,serviceDiscovery",
-                                    "applicationName": "bench"}).json()["accessToken"])
+    cid = _http_get(f"{base}/gotapi/authorization/grant", headers=h, timeout=10).json()["clientId"]
+    return str(_http_get(f"{base}/gotapi/authorization/accessToken", headers=h, timeout=10,
+                         params={"clientId": cid, "scope": "printer3d,serviceDiscovery",
+                                 "applicationName": "bench"}).json()["accessToken"])
 
 
 def _client(host: str, port: int, path: str, threads: int, start_at: float, seconds: float,
@@ -245,12 +252,14 @@ def _wrk_ms(out: str, quantile: str) -> float:
 
 
 def check_status(url: str) -> None:
-    answer = requests.get(url, headers={"Origin": ORIGIN}, timeout=10).json()
+    answer = _http_get(url, headers={"Origin": ORIGIN}, timeout=10).json()
     if answer.get("result") != 0:
         raise RuntimeError(f"status did not answer result 0: {answer}")
 
 
 def wait_up(url: str, timeout: float = 120.0) -> None:
+    import requests
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -311,9 +320,9 @@ port = {printer}
             time.sleep(0.3)
         bus_base = f"http://127.0.0.1:{gotapi}"
         bus_token = authorize(bus_base)
-        status = requests.get(f"{bus_base}/gotapi/printer3d/status", headers={"Origin": ORIGIN},
-                              params={"serviceId": SERVICE, "accessToken": bus_token},
-                              timeout=10).json()
+        status = _http_get(f"{bus_base}/gotapi/printer3d/status", headers={"Origin": ORIGIN},
+                           params={"serviceId": SERVICE, "accessToken": bus_token},
+                           timeout=10).json()
         payload = {k: v for k, v in status.items() if k not in ("result", "product", "version")}
         ctx = multiprocessing.get_context("spawn")
         direct = ctx.Process(target=serve_direct,

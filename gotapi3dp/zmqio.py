@@ -1,38 +1,53 @@
-"""Multipart send and receive on the bus sockets, with plain-int flags.
+"""Multipart send and receive on the bus sockets, at the cost of the C calls alone.
 
-pyzmq's `send_multipart` ORs its `SNDMORE` IntFlag into the flags for every frame and
-`recv_multipart` looks its option up by enum: Python-level enum arithmetic that cost more
-than the send itself (20 us against 9 us for a 4-frame message on this machine), on every
-request through the bus.
+pyzmq's `send_multipart` ORs its `SNDMORE` IntFlag into the flags for every frame,
+`recv_multipart` looks its option up by enum, `Socket.send` and `getsockopt` are Python
+wrappers over the backend's methods, and a non-blocking receive on an empty socket builds a
+`zmq.Again` through Python-level `ZMQError.__init__`; even the backend's `get` turns its
+option into an enum. Per request through the bus that was more than the sends and receives
+themselves, so this module calls the backend directly with plain-int flags, learns "more
+frames" from the received frame, and asks `zmq_poll` (ZMQ_EVENTS underneath) instead of
+catching `Again`.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import zmq
+import zmq.backend
 
 NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
+POLLIN = int(zmq.POLLIN)
+
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_poll = zmq.backend.zmq_poll
 
 
 def send_frames(sock: "zmq.Socket[Any]", frames: Sequence[bytes], flags: int = 0) -> None:
     """Send `frames` as one message; raises zmq.ZMQError like `send_multipart`."""
     last = len(frames) - 1
     for i, frame in enumerate(frames):
-        sock.send(frame, flags | _SNDMORE if i < last else flags)
+        _send(sock, frame, flags | _SNDMORE if i < last else flags)
 
 
 def recv_frames(sock: "zmq.Socket[Any]", flags: int = 0) -> list[bytes]:
     """Receive one whole message; zmq.Again (with NOBLOCK) when none is waiting."""
-    frames = [sock.recv(flags)]
-    while sock.getsockopt(_RCVMORE):
-        frames.append(sock.recv(flags))
+    frame = _recv(sock, flags, False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, flags, False)
+        frames.append(frame.bytes)
     return frames
 
 
 def readable(sock: "zmq.Socket[Any]") -> bool:
     """Whether a message is waiting (ZMQ_EVENTS; also re-arms the edge-triggered ZMQ_FD)."""
-    return bool(sock.getsockopt(_EVENTS) & _POLLIN)
+    return bool(_poll([(sock, POLLIN)], 0))
+
+
+def poll_readable(items: list[tuple[Any, int]], timeout_ms: int) -> list[Any]:
+    """`zmq.Poller.poll` without its Python bookkeeping: the sockets and fds of `items`
+    (`(socket or fd, POLLIN)` pairs) that are readable, waiting at most `timeout_ms`."""
+    return [sock for sock, _ in _poll(items, timeout_ms)]

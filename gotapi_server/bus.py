@@ -34,6 +34,7 @@ from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Action, Intent, IntentError, decode, encode
 
 from .fdwait import FdWaiter, fd_waiter, gevent_patched
+from .latch import Latch, latch_factory
 
 log = logging.getLogger(__name__)
 
@@ -67,31 +68,9 @@ class _Host:
     last_send: float
 
 
-class _Latch:
-    """A one-shot result a request thread waits on: a bare lock, cheaper than a Future."""
-
-    __slots__ = ("_lock", "result", "error")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self.result: Intent | None = None
-        self.error: Exception | None = None
-
-    def done(self) -> bool:
-        return not self._lock.locked()
-
-    def set(self, result: Intent | None = None, error: Exception | None = None) -> None:
-        self.result, self.error = result, error
-        self._lock.release()
-
-    def wait(self, timeout: float) -> bool:
-        return self._lock.acquire(timeout=max(0.0, timeout))
-
-
 @dataclass
 class _Pending:
-    latch: _Latch
+    latch: Latch
     peer: bytes
     plugin_id: str
     deadline: float  # monotonic
@@ -124,6 +103,7 @@ class Bus:
         self._events: list[Intent] = []    # read, not yet delivered to the callbacks
         self._stopping = False
         self._next_refresh = 0.0
+        self._new_latch: Callable[[], Latch] = latch_factory()
 
     # ---- public API (any thread) ----
 
@@ -132,6 +112,7 @@ class Bus:
             return
         self._ctx = zmq.Context()
         self._mailbox = Mailbox()
+        self._new_latch = latch_factory()   # gevent patches after the app is built, if at all
         self._stopping = False
         started: Future[None] = Future()
         self._thread = threading.Thread(target=self._run, args=(started,), name="gotapi-bus",
@@ -163,7 +144,7 @@ class Bus:
         if intent.plugin_id != plugin_id:
             intent = dataclasses.replace(intent, plugin_id=plugin_id)
         payload = _encode(intent)
-        latch = _Latch()
+        latch = self._new_latch()
         deadline = time.monotonic() + timeout
         key = (intent.request_code, plugin_id)
         with self._lock:
@@ -309,20 +290,18 @@ class Bus:
     def _read_if_pending(self) -> None:
         """After a send (lock held): read what has arrived. ZMQ_FD is edge-triggered and a
         send may consume its signal, so the bus thread's poll would not wake for it."""
-        assert self._router is not None
-        if readable(self._router):
-            self._receive_batch()
+        self._receive_batch()
 
     def _receive_batch(self) -> None:
-        """Read what has arrived (lock held), at most RECV_BATCH messages."""
-        assert self._router is not None
+        """Read what has arrived (lock held), at most RECV_BATCH messages. Asking ZMQ_EVENTS
+        until it says empty also re-arms ZMQ_FD, so the poll wakes for the next arrival."""
+        router = self._router
+        assert router is not None
         for _ in range(RECV_BATCH):
-            try:
-                frames = recv_frames(self._router, NOBLOCK)
-            except zmq.Again:     # also resets ZMQ_FD: the poll wakes for the next arrival
+            if not readable(router):
                 return
-            self._guard(self._on_frames, frames)
-        # More is waiting: make sure the bus thread's poll wakes again for it.
+            self._guard(self._on_frames, recv_frames(router, NOBLOCK))
+        # More may be waiting: make sure the bus thread's poll wakes again for it.
         assert self._mailbox is not None
         self._mailbox.post("more")
 
@@ -432,7 +411,7 @@ class Bus:
 
     # ---- request threads (lock held) ----
 
-    def _start_request(self, key: tuple[bytes, str], payload: bytes, latch: _Latch,
+    def _start_request(self, key: tuple[bytes, str], payload: bytes, latch: Latch,
                        deadline: float) -> None:
         rc, plugin_id = key
         host = self._host_of(plugin_id)

@@ -28,7 +28,7 @@ from gotapi3dp.wire.busproto import (DISCONNECT, EVENT, HEARTBEAT, HEARTBEAT_INT
                                      RECONNECT_MAX, RECONNECT_MIN, REPLY, REQUEST, SOCKET_HWM,
                                      Announce, encode_announce)
 from gotapi3dp.mailbox import Mailbox
-from gotapi3dp.zmqio import NOBLOCK, recv_frames, send_frames
+from gotapi3dp.zmqio import NOBLOCK, POLLIN, poll_readable, readable, recv_frames, send_frames
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Action, Intent, IntentError, decode, encode
 
@@ -66,7 +66,7 @@ class PluginHost:
         # Owned by the loop thread (inside run()):
         self._ctx: zmq.Context[Any] | None = None
         self._socket: zmq.Socket[Any] | None = None
-        self._poller = zmq.Poller()
+        self._poll_items: list[tuple[Any, int]] = []   # what the loop waits on (zmq_poll)
         self._pool: ThreadPoolExecutor | None = None
         self._last_recv = self._last_send = 0.0
         self._backoff = reconnect_min
@@ -93,10 +93,10 @@ class PluginHost:
     # ---- loop ----
 
     def _poll_once(self) -> None:
-        events = dict(self._poller.poll(max(10, int(self._heartbeat * 250))))
-        if self._socket is not None and self._socket in events:
+        ready = poll_readable(self._poll_items, max(10, int(self._heartbeat * 250)))
+        if self._socket is not None and self._socket in ready:
             self._receive_batch()
-        if self._mailbox.fd in events:
+        if self._mailbox.fd in ready:
             for item in self._mailbox.drain():
                 self._guard(self._outgoing, item)
         self._guard(self._timers)
@@ -108,14 +108,10 @@ class PluginHost:
             log.exception("plug-in host: %s failed; message dropped", fn.__name__)
 
     def _receive_batch(self) -> None:
-        for _ in range(256):
-            if self._socket is None:
+        for _ in range(256):   # asking ZMQ_EVENTS until empty also re-arms ZMQ_FD
+            if self._socket is None or not readable(self._socket):
                 return
-            try:
-                frames = recv_frames(self._socket, NOBLOCK)
-            except zmq.Again:
-                return
-            self._guard(self._on_frames, frames)
+            self._guard(self._on_frames, recv_frames(self._socket, NOBLOCK))
 
     def _timers(self) -> None:
         now = time.monotonic()
@@ -141,7 +137,7 @@ class PluginHost:
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         sock.connect(self._config.bus_endpoint)
         self._socket = sock
-        self._reset_poller()
+        self._reset_poll_items()
         self._last_recv = time.monotonic()
         announce = Announce(self._config.host_id, [p.info for p in self._plugins.values()])
         self._send(READY, encode_announce(announce))
@@ -151,7 +147,7 @@ class PluginHost:
         if self._socket is not None:
             self._socket.close(linger=linger)
             self._socket = None
-            self._reset_poller()
+            self._reset_poll_items()
 
     def _reconnect_later(self) -> None:
         """Close the socket; a fresh one connects after the back-off (doubling, capped)."""
@@ -159,11 +155,10 @@ class PluginHost:
         self._reconnect_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self._reconnect_max)
 
-    def _reset_poller(self) -> None:
-        self._poller = zmq.Poller()
-        self._poller.register(self._mailbox.fd, zmq.POLLIN)
+    def _reset_poll_items(self) -> None:
+        self._poll_items = [(self._mailbox.fd, POLLIN)]
         if self._socket is not None:
-            self._poller.register(self._socket, zmq.POLLIN)
+            self._poll_items.append((self._socket, POLLIN))
 
     def _shutdown(self) -> None:
         if self._socket is not None:

@@ -20,6 +20,7 @@ REQUEST_CODE_BYTES = 16
 
 # Types a parameter or body value may have after decoding (recursively for list/dict).
 _SCALARS = (str, int, float, bool, bytes, type(None))
+_SCALAR_TYPES = frozenset(_SCALARS)  # exact types: the fast path; subclasses go by isinstance
 _MAX_DEPTH = 16
 
 
@@ -145,15 +146,25 @@ def unpack_strict(data: bytes, limit: int = MAX_INTENT_BYTES) -> Any:
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
-    """Whether a decoded value holds only maps with str keys, lists and scalars, not too
-    deep. Builds no strings: `_check_value` names the culprit only when this says no."""
+    """Whether a value holds only maps with str keys, lists and scalars, not too deep.
+    Builds no strings (`_check_value` names the culprit only when this says no) and looks
+    at each value's exact type once: it runs on every Intent both ways."""
     if depth > _MAX_DEPTH:
         return False
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_plain(v, depth + 1) for v in value)
-    return isinstance(value, _SCALARS)
+    kind = type(value)
+    if kind is dict:
+        for k, v in value.items():
+            if type(k) is not str and not isinstance(k, str):
+                return False
+            if type(v) not in _SCALAR_TYPES and not _plain(v, depth + 1):
+                return False
+        return True
+    if kind is list:
+        for v in value:
+            if type(v) not in _SCALAR_TYPES and not _plain(v, depth + 1):
+                return False
+        return True
+    return kind in _SCALAR_TYPES or isinstance(value, _SCALARS)
 
 
 def _check_value(value: Any, where: str, depth: int = 0) -> None:

@@ -1,0 +1,139 @@
+"""The one-shot latch a bus request waits on, in threads and under gevent, and the whole Bus
+under gevent against a real plug-in host process (the GotAPI server's default worker)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+from gotapi_server.latch import GreenLatch, ThreadLatch, latch_factory
+
+
+def _run(code: str, timeout: float = 90, script: str | None = None) -> list[str]:
+    argv = [sys.executable, script] if script else [sys.executable, "-c", code]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout.split()
+
+
+def test_thread_latch_settles_once_and_times_out() -> None:
+    latch = ThreadLatch()
+    assert not latch.done()
+    start = time.monotonic()
+    assert latch.wait(0.05) is False
+    assert time.monotonic() - start >= 0.04
+    threading.Timer(0.05, latch.set, args=("answer",)).start()
+    assert latch.wait(5) is True
+    assert latch.done() and latch.result == "answer" and latch.error is None
+
+
+def test_an_unpatched_process_uses_thread_latches() -> None:
+    assert latch_factory() is ThreadLatch
+
+
+GREEN = """
+from gevent import monkey; monkey.patch_all()
+import time, gevent
+from gotapi_server.latch import GreenLatch, latch_factory
+new = latch_factory()
+latch = new()
+print(type(latch).__name__)
+# settled before anyone waits: no park at all
+latch.set("early"); print(latch.wait(1), latch.result)
+# times out, on time
+latch = new(); t = time.monotonic(); ok = latch.wait(0.05)
+print(ok, latch.done(), time.monotonic() - t >= 0.045)
+# a set after the timeout only lands in the spent waiter: nothing raises, the hub lives on
+latch.set("late"); gevent.sleep(0.01); print(latch.done(), latch.result)
+# woken from another greenlet (the one that read the reply), error path too
+latch = new(); gevent.spawn_later(0.02, latch.set, None, ValueError("boom"))
+print(latch.wait(5), type(latch.error).__name__)
+# many at once, settled out of order by one greenlet
+latches = [new() for _ in range(50)]
+def settle():
+    for i in reversed(range(50)):
+        latches[i].set(i); gevent.sleep(0)
+gevent.spawn(settle)
+waiting = [gevent.spawn(lambda l=l: (l.wait(5), l.result)) for l in latches]
+gevent.joinall(waiting)
+print(all(g.value == (True, i) for i, g in enumerate(waiting)))
+# the timer and a set in the same loop turn: the waiter wakes once, the next wait still works
+latch = new(); gevent.spawn_later(0.03, latch.set, "tie"); print(latch.wait(0.03) in (True, False))
+latch2 = new(); gevent.spawn_later(0.01, latch2.set, "next"); print(latch2.wait(5), latch2.result)
+"""
+
+
+def test_green_latch_under_gevent() -> None:
+    assert _run(GREEN) == ["GreenLatch", "True", "early", "False", "False", "True",
+                           "True", "late", "True", "ValueError", "True", "True", "True", "next"]
+
+
+def test_green_latch_in_an_unpatched_process_still_works() -> None:
+    """The class itself needs only a hub (the factory picks it under gevent alone)."""
+    from gevent import get_hub
+    from gevent.hub import Waiter
+    hub = get_hub()
+    latch = GreenLatch(hub, Waiter(hub))
+    latch.set("x")
+    assert latch.wait(1) and latch.result == "x"
+
+
+BUS_UNDER_GEVENT = """
+from gevent import monkey; monkey.patch_all()
+import multiprocessing, time, gevent
+from gotapi3dp.config import PluginHostConfig
+from gotapi3dp.wire.busproto import PluginInfo
+from gotapi3dp.wire.errors import P3DError
+from gotapi3dp.wire.intent import Action, Intent
+
+def host(endpoint):
+    import threading
+    from plugin_host.host import PluginHost
+    from plugin_host.plugin import Plugin
+    class Echo(Plugin):
+        info = PluginInfo("echo", "echo", "1", ["echo"])
+        def answer_now(self, intent):
+            return intent.response({"n": intent.params["n"]}) if intent.attribute == "fast" else None
+        def handle(self, intent):
+            if intent.attribute == "never":
+                time.sleep(30)
+            return intent.response({"n": intent.params["n"], "slow": True})
+    PluginHost(PluginHostConfig(bus_endpoint=endpoint, host_id="h1"), [Echo()]).run(threading.Event())
+
+if __name__ == "__main__":
+    from gotapi_server.bus import Bus
+    bus = Bus("tcp://127.0.0.1:0"); bus.start()
+    print(type(bus._new_latch()).__name__)
+    p = multiprocessing.get_context("spawn").Process(target=host, args=(bus.endpoint,), daemon=True)
+    p.start()
+    deadline = time.monotonic() + 30
+    while not any(r.online for r in bus.plugins()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    def client(c):
+        for i in range(100):
+            attr = "fast" if i % 10 else "slow"
+            r = bus.request(Intent(Action.GET, profile="echo", attribute=attr,
+                                   params={"n": c * 1000 + i}), "echo", 10.0)
+            assert r.result == 0 and r.params["n"] == c * 1000 + i, r
+        return True
+    jobs = [gevent.spawn(client, c) for c in range(8)]
+    # a request nobody answers times out on time while the others go on
+    t = time.monotonic()
+    try:
+        bus.request(Intent(Action.GET, profile="echo", attribute="never", params={"n": 0}), "echo", 0.5)
+        print("no-timeout")
+    except P3DError as exc:
+        print(int(exc.code), 0.45 <= time.monotonic() - t < 2.0)
+    gevent.joinall(jobs, raise_error=True)
+    print(all(j.value for j in jobs), len(bus._pending))
+    bus.stop(); p.terminate()
+"""
+
+
+def test_the_whole_bus_under_gevent_against_a_real_plugin_host(tmp_path) -> None:
+    script = tmp_path / "bus_under_gevent.py"
+    script.write_text(BUS_UNDER_GEVENT)
+    from gotapi3dp.wire.errors import ErrorCode
+    assert _run("", timeout=120, script=str(script)) == \
+        ["GreenLatch", str(int(ErrorCode.TIMEOUT)), "True", "True", "0"]
