@@ -37,14 +37,12 @@ def latch_factory() -> Callable[[], Latch]:
     return lambda: GreenLatch(hub, Waiter(hub))
 
 
-class ThreadLatch:
-    """A bare lock, held until `set`: cheaper than a Future."""
+class _OneShot:
+    """What both latches keep: the outcome, and whether `set` has run."""
 
-    __slots__ = ("_lock", "_settled", "result", "error")
+    __slots__ = ("_settled", "result", "error")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
         self._settled = False
         self.result: Any = None
         self.error: Exception | None = None
@@ -56,13 +54,30 @@ class ThreadLatch:
         """Settle once; the caller makes sure of once (the bus settles under its lock)."""
         self.result, self.error = result, error
         self._settled = True
+        self._wake()
+
+    def _wake(self) -> None:
+        raise NotImplementedError
+
+
+class ThreadLatch(_OneShot):
+    """A bare lock, held until `set`: cheaper than a Future."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def _wake(self) -> None:
         self._lock.release()
 
     def wait(self, timeout: float) -> bool:
         return self._lock.acquire(timeout=max(0.0, timeout))
 
 
-class GreenLatch:
+class GreenLatch(_OneShot):
     """Park this greenlet until `set` (from any greenlet) or the timeout, whichever is first.
 
     `set` may run in another request's greenlet (the one that read the reply) but a
@@ -71,21 +86,14 @@ class GreenLatch:
     value in the spent `Waiter`, which nobody reads.
     """
 
-    __slots__ = ("_hub", "_waiter", "_settled", "result", "error")
+    __slots__ = ("_hub", "_waiter")
 
     def __init__(self, hub: Any, waiter: Any) -> None:
+        super().__init__()
         self._hub = hub
         self._waiter = waiter
-        self._settled = False
-        self.result: Any = None
-        self.error: Exception | None = None
 
-    def done(self) -> bool:
-        return self._settled
-
-    def set(self, result: Any = None, error: Exception | None = None) -> None:
-        self.result, self.error = result, error
-        self._settled = True
+    def _wake(self) -> None:
         self._hub.loop.run_callback(self._waiter.switch, None)
 
     def wait(self, timeout: float) -> bool:
