@@ -18,6 +18,11 @@ persistent connection on a raw socket sending a precomputed request. Prefer wrk:
 Python clients' own GIL hand-offs add milliseconds to the tail they measure once the
 server answers in 2-3 ms. wrk does not read bodies, so each run is bracketed by one checked
 request (`"result": 0`) on the same URL.
+
+On a virtual machine the hypervisor may run other guests on our vCPUs: every run records the
+share of CPU time stolen from this machine meanwhile (`steal`, from /proc/stat), which is
+what makes a round slow for no reason of its own. Rounds alternate the paths, so each path
+gets its own chances at a quiet moment, and the best round of each is kept.
 """
 from __future__ import annotations
 
@@ -257,6 +262,22 @@ def check_status(url: str) -> None:
         raise RuntimeError(f"status did not answer result 0: {answer}")
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(stolen, total) CPU ticks of the whole machine so far; (0, 0) where /proc is absent."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
+    total = after[1] - before[1]
+    return 100.0 * (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 def wait_up(url: str, timeout: float = 120.0) -> None:
     import requests
 
@@ -288,9 +309,13 @@ def main() -> int:
         parser.error("wrk is not on the PATH (apt-get install wrk)")
 
     def run_load(base: str, token: str, clients: int, seconds: float) -> dict[str, float]:
+        before = cpu_ticks()
         if use_wrk:
-            return load_wrk(base, token, clients, seconds)
-        return load(base, token, clients, seconds, args.processes)
+            run = load_wrk(base, token, clients, seconds)
+        else:
+            run = load(base, token, clients, seconds, args.processes)
+        run["steal_pct"] = steal_pct(before, cpu_ticks())
+        return run
     print(f"load generator: {'wrk' if use_wrk else 'Python clients'}", flush=True)
     root = Path(tempfile.mkdtemp(prefix="gotapi-bench-"))
     gotapi, bus, tap, contents, printer, direct_port, floor_port = free_ports(7)
@@ -361,13 +386,14 @@ port = {printer}
 def report(results: dict[str, dict[int, dict[str, float]]], levels: list[int]) -> None:
     print(f"{'clients':>7} | {'floor req/s':>11} {'p99 ms':>7} | {'direct req/s':>12} "
           f"{'p50 ms':>7} {'p99 ms':>7} | {'bus req/s':>10} {'p50 ms':>7} {'p99 ms':>7} | "
-          f"{'bus/direct':>10}")
+          f"{'bus/direct':>10} | {'steal % f/d/b':>13}")
     for c in levels:
         f, d, b = results["floor"][c], results["direct"][c], results["bus"][c]
         print(f"{c:>7} | {f['rps']:>11.0f} {f['p99_ms']:>7.2f} | "
               f"{d['rps']:>12.0f} {d['p50_ms']:>7.2f} {d['p99_ms']:>7.2f} | "
               f"{b['rps']:>10.0f} {b['p50_ms']:>7.2f} {b['p99_ms']:>7.2f} | "
-              f"{b['rps'] / d['rps']:>9.0%}")
+              f"{b['rps'] / d['rps']:>9.0%} | "
+              f"{f['steal_pct']:>3.1f} /{d['steal_pct']:>4.1f} /{b['steal_pct']:>4.1f}")
     errors = sum(r["errors"] for path in results.values() for r in path.values())
     print(json.dumps({"results": results, "errors": errors}))
 
