@@ -103,22 +103,30 @@ class Intent:
     def to_map(self) -> dict[str, Any]:
         m: dict[str, Any] = {"v": self.version, "action": self.action.value,
                              "requestCode": self.request_code, "profile": self.profile}
-        for key, value in (("interface", self.interface), ("attribute", self.attribute),
-                           ("serviceId", self.service_id), ("origin", self.origin),
-                           ("pluginId", self.plugin_id), ("result", self.result),
-                           ("errorCode", self.error_code), ("errorMessage", self.error_message),
-                           ("idempotencyKey", self.idempotency_key)):
+        for key, attr, _ in _OPTIONAL:
+            value = getattr(self, attr)
             if value is not None:
                 m[key] = value
         m["params"] = self.params
         return m
 
 
+# The optional header fields as (wire key, attribute, type): one table for both directions.
+_OPTIONAL = (("interface", "interface", str), ("attribute", "attribute", str),
+             ("serviceId", "service_id", str), ("origin", "origin", str),
+             ("pluginId", "plugin_id", str), ("result", "result", int),
+             ("errorCode", "error_code", int), ("errorMessage", "error_message", str),
+             ("idempotencyKey", "idempotency_key", str))
+_OPTIONAL_BY_KEY = {key: (attr, kind) for key, attr, kind in _OPTIONAL}
+_REQUIRED_KEYS = frozenset({"v", "action", "requestCode", "profile", "params"})
+
+
 def encode(intent: Intent) -> bytes:
-    """Encode an Intent; refuse what `decode` would refuse (bad values, oversize)."""
-    if not _plain(intent.params):
-        _check_value(intent.params, "params")
-    data = msgpack.packb(intent.to_map(), use_bin_type=True)
+    """Encode an Intent; refuse what `decode` would refuse (the same checks, and oversize),
+    so a peer never has to answer our own malformed message."""
+    m = intent.to_map()
+    _fields(m)
+    data = msgpack.packb(m, use_bin_type=True)
     if len(data) > MAX_INTENT_BYTES:
         raise IntentError(f"intent is {len(data)} bytes, limit {MAX_INTENT_BYTES}",
                           intent.request_code)
@@ -182,20 +190,17 @@ def _check_value(value: Any, where: str, depth: int = 0) -> None:
         raise IntentError(f"{where} has an unsupported type")
 
 
-def _opt(m: dict[str, Any], key: str, kind: type, rc: bytes | None) -> Any:
-    value = m.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise IntentError(f"field {key!r} must be {kind.__name__}", rc)
-    return value
-
-
 def decode(data: bytes) -> Intent:
     """Decode and validate one Intent; raise IntentError on anything unexpected."""
     m = unpack_strict(data)
     if not isinstance(m, dict):
         raise IntentError("intent is not a map")
+    return Intent(**_fields(m))
+
+
+def _fields(m: dict[str, Any]) -> dict[str, Any]:
+    """The Intent fields of a wire map, or IntentError (naming the requestCode once it is
+    readable): the one definition of a valid Intent, applied to what arrives and what leaves."""
     rc = m.get("requestCode")
     if not isinstance(rc, bytes) or len(rc) != REQUEST_CODE_BYTES:
         raise IntentError("requestCode must be 16 bytes")
@@ -213,23 +218,21 @@ def decode(data: bytes) -> Intent:
         raise IntentError("field 'params' must be a map", rc)
     if not _plain(params):
         _check_value(params, "params")
-    unknown = set(m) - _KNOWN_KEYS
+    fields = {"action": action, "request_code": rc, "profile": profile, "params": params}
+    unknown = []
+    for key, value in m.items():
+        spec = _OPTIONAL_BY_KEY.get(key)
+        if spec is None:
+            if key not in _REQUIRED_KEYS:
+                unknown.append(key)
+        elif value is not None:
+            attr, kind = spec
+            if type(value) is not kind and (not isinstance(value, kind) or type(value) is bool):
+                raise IntentError(f"field {key!r} must be {kind.__name__}", rc)
+            fields[attr] = value
     if unknown:
         raise IntentError(f"unknown fields {sorted(unknown)}", rc)
-    return Intent(action=action, request_code=rc, profile=profile,
-                  interface=_opt(m, "interface", str, rc),
-                  attribute=_opt(m, "attribute", str, rc),
-                  service_id=_opt(m, "serviceId", str, rc),
-                  origin=_opt(m, "origin", str, rc),
-                  plugin_id=_opt(m, "pluginId", str, rc),
-                  params=params,
-                  result=_opt(m, "result", int, rc),
-                  error_code=_opt(m, "errorCode", int, rc),
-                  error_message=_opt(m, "errorMessage", str, rc),
-                  idempotency_key=_opt(m, "idempotencyKey", str, rc))
+    return fields
 
 
 _ACTIONS = {action.value: action for action in Action}
-_KNOWN_KEYS = frozenset({"v", "action", "requestCode", "profile", "interface", "attribute",
-                         "serviceId", "origin", "pluginId", "params", "result", "errorCode",
-                         "errorMessage", "idempotencyKey"})

@@ -129,3 +129,26 @@ def test_oversize_is_refused_both_ways() -> None:
 def test_trailing_bytes_are_refused() -> None:
     with pytest.raises(IntentError):
         decode(encode(Intent(Action.GET, profile="p")) + b"\x00")
+
+
+@pytest.mark.parametrize("change", [
+    {"service_id": 5}, {"result": True}, {"error_code": "7"}, {"plugin_id": b"p"},
+    {"request_code": b"short"}, {"version": 2}, {"profile": None},
+    {"params": {"x": object()}}, {"params": {1: "x"}},
+])
+def test_encode_refuses_what_decode_would(change: dict[str, object]) -> None:
+    """One definition of a valid Intent both ways: a peer never receives our malformed one."""
+    intent = Intent(Action.RESPONSE, profile="printer3d", plugin_id="printer3d", result=0)
+    for name, value in change.items():
+        setattr(intent, name, value)
+    with pytest.raises(IntentError):
+        encode(intent)
+
+
+def test_str_subclass_fields_encode_and_decode_as_str() -> None:
+    class Name(str):
+        pass
+
+    back = decode(encode(Intent(Action.GET, profile=Name("printer3d"), service_id=Name("p-1"))))
+    assert (back.profile, back.service_id) == ("printer3d", "p-1")
+    assert type(back.service_id) is str

@@ -159,6 +159,29 @@ def test_answer_now_skips_the_pool_and_falls_back_to_handle(bus, hosts) -> None:
     assert bus.request(keyed, "cached", 5.0).params["thread"].startswith("plugin")
 
 
+class WrongTypePlugin(EchoPlugin):
+    """Answers with a header field of the wrong type, on the fast path and on the pool."""
+
+    info = PluginInfo("wrongtype", "Wrong type", "1.0", ["echo"])
+
+    def answer_now(self, intent: Intent) -> Intent | None:
+        return self.handle(intent)
+
+    def handle(self, intent: Intent) -> Intent:
+        reply = intent.response({"ok": True})
+        reply.service_id = 5  # type: ignore[assignment]
+        return reply
+
+
+def test_a_response_the_server_could_not_read_becomes_an_error(bus, hosts) -> None:
+    """`encode` refuses what `decode` would: the host answers UNKNOWN instead of sending
+    a reply the server would drop (and the app would wait for until its timeout)."""
+    hosts(plugins=[WrongTypePlugin()])
+    reply = bus.request(get(), "wrongtype", 3.0)
+    assert (reply.result, reply.error_code) == (1, ErrorCode.UNKNOWN)
+    assert "serviceId" in (reply.error_message or "")
+
+
 def test_host_answers_service_discovery(bus, hosts) -> None:
     hosts()
     intent = Intent(Action.GET, profile="networkServiceDiscovery", attribute="getNetworkServices")
