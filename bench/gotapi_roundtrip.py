@@ -98,10 +98,10 @@ def serve_direct(port: int, data_dir: str, status: dict[str, Any]) -> None:
     from gotapi3dp.config import GotapiConfig
     from gotapi3dp.serving import run_gunicorn
     from gotapi_server.app import create_app
-    from plugin_host.printer3d.plugin import SPEC_PATH
+    from plugin_host import printer3d  # the package only: the plug-in module imports requests
 
     config = GotapiConfig(port=port)
-    spec = json.loads(SPEC_PATH.read_text())
+    spec = json.loads(Path(printer3d.__file__).with_name("printer3d.json").read_text())
     run_gunicorn(lambda: create_app(config, Path(data_dir), InProcessBus(status, spec)),
                  "127.0.0.1", port, threads=config.threads, worker=config.worker,
                  connections=config.connections, name="bench-direct")
