@@ -34,6 +34,20 @@ class Session:
     outbox: "queue.Queue[str | None]" = field(
         default_factory=lambda: queue.Queue(SESSION_QUEUE))
 
+    def stop(self) -> None:
+        """Make the socket's thread return at once: what is still queued is dropped."""
+        while True:
+            try:
+                while True:
+                    self.outbox.get_nowait()
+            except queue.Empty:
+                pass
+            try:
+                self.outbox.put_nowait(None)
+                return
+            except queue.Full:  # the bus thread refilled it meanwhile
+                continue
+
 
 def _key(origin: str, service_id: str, profile: str, interface: str | None,
          attribute: str | None) -> Key:
@@ -104,12 +118,4 @@ class EventHub:
                 session.outbox.put_nowait(text)
             except queue.Full:
                 log.warning("events: socket of %s is not reading; closing it", session.origin)
-                self._drain_and_close(session)
-
-    def _drain_and_close(self, session: Session) -> None:
-        try:
-            while True:
-                session.outbox.get_nowait()
-        except queue.Empty:
-            pass
-        session.outbox.put_nowait(None)
+                session.stop()

@@ -13,16 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import threading
 from typing import Any
 
 from flask import Flask
-from flask_sock import Sock
+from flask_sock import ConnectionClosed, Sock
 
 from gotapi3dp.config import GotapiConfig
 from gotapi3dp.wire.errors import P3DError
 
 from .auth import AuthStore
-from .events import EventHub
+from .events import EventHub, Session
 from .request_checks import request_origin
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ PATH = "/gotapi/websocket"
 KEEPALIVE = 3.0            # seconds between pings (Device Connect: 3 s)
 HANDSHAKE_TIMEOUT = 10.0   # the first message must come within this
 MAX_MESSAGE = 64 * 1024
-SEND_POLL = 0.5            # how often the sender looks at the socket while idle
+SEND_POLL = 5.0            # the sender's own look at the socket (the watcher wakes it first)
 
 NO_TOKEN, NO_ORIGIN, BAD_TOKEN, ALREADY_CONNECTED, UNPARSABLE = 1, 2, 3, 4, 5
 _MESSAGES = {NO_TOKEN: "accessToken is not specified.",
@@ -78,12 +79,28 @@ def _pump(ws: Any, outbox: "queue.Queue[str | None]") -> None:
         try:
             text = outbox.get(timeout=SEND_POLL)
         except queue.Empty:
-            while ws.receive(timeout=0) is not None:  # the app has nothing to say; discard
-                pass
             continue
         if text is None:
             return
         ws.send(text)
+
+
+def _watch(ws: Any, session: Session) -> threading.Thread:
+    """Read (and drop) what the app sends until its socket closes, then stop the sender at
+    once: a reloading page reconnects within milliseconds and must find its origin free,
+    and its new registrations must not be wiped by a close noticed late."""
+    def run() -> None:
+        try:
+            while ws.receive() is not None or ws.connected:
+                pass
+        except ConnectionClosed:
+            pass
+        except Exception:  # never leave the sender waiting on a socket that is gone
+            log.exception("websocket of %s: reader failed", session.origin)
+        session.stop()
+    thread = threading.Thread(target=run, name=f"ws-watch-{session.origin}", daemon=True)
+    thread.start()
+    return thread
 
 
 def init_app(app: Flask, config: GotapiConfig, auth: AuthStore, hub: EventHub) -> None:
@@ -109,6 +126,7 @@ def init_app(app: Flask, config: GotapiConfig, auth: AuthStore, hub: EventHub) -
         log.info("websocket open for %s", session.origin)
         try:
             _send_json(ws, {"result": 0})
+            _watch(ws, session)
             _pump(ws, session.outbox)
         finally:
             hub.close(session)

@@ -258,3 +258,15 @@ def test_tap_prints_json_lines_from_a_real_pub() -> None:
     line = json.loads(out.getvalue().splitlines()[0])
     assert line["intent"]["attribute"] == "status"
     assert line["intent"]["params"]["accessToken"].startswith("<redacted 3 chars")
+
+
+def test_session_stop_drops_the_queue_and_wakes_the_sender() -> None:
+    """A stopped session's sender sees None next, even behind a full queue."""
+    from gotapi_server.events import SESSION_QUEUE, Session
+
+    session = Session("http://localhost:4035")
+    for i in range(SESSION_QUEUE):
+        session.outbox.put_nowait(f"event {i}")
+    session.stop()
+    assert session.outbox.get_nowait() is None
+    assert session.outbox.empty()
