@@ -25,8 +25,21 @@ def _depth(value: Any, level: int = 0) -> int:
     return level
 
 
-def _json_body() -> dict[str, Any]:
+def read_body() -> bytes:
+    """The body, read once. A body without Content-Length (chunked) that runs past the limit
+    is 1003: werkzeug's stream stops at the limit without a word, and the cut body would
+    be read as if it were whole."""
     raw = request.get_data(cache=True)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        if request.environ["wsgi.input"].read(1):
+            raise P3DError(ErrorCode.PAYLOAD_TOO_LARGE,
+                           f"The request body is larger than {limit} bytes.")
+    return raw
+
+
+def _json_body() -> dict[str, Any]:
+    raw = read_body()
     if not raw.strip():
         return {}
     try:
@@ -45,9 +58,10 @@ def _body() -> dict[str, Any]:
         return {}
     if request.is_json:
         return _json_body()
+    raw = read_body()  # cached: the form parser reads it from there
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         return request.form.to_dict()
-    if request.get_data(cache=True).strip():
+    if raw.strip():
         raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER,
                        f"Unsupported body type {request.mimetype or 'none'}.")
     return {}

@@ -22,6 +22,7 @@ from flask import Flask, Response, g, request
 from gotapi3dp.config import GotapiConfig
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 
+from .params import read_body
 from .paths import API_METHODS, is_api_path
 
 ORIGIN_HEADER = "X-GotAPI-Origin"
@@ -99,6 +100,8 @@ def init_app(app: Flask, config: GotapiConfig) -> None:
                 "HTTP_UPGRADE", "").lower() == "websocket":
             return None  # GotAPI-5 answers its own codes on the socket
         g.origin = request_origin(config)
+        if request.method != "GET":
+            read_body()  # size-checked and cached before the form parser reads the stream
         nonce = request.values.get("nonce")
         if nonce is not None and not _NONCE_RE.fullmatch(nonce):
             raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER,
