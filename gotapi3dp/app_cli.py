@@ -20,6 +20,7 @@ from .client import GotapiClient, GotapiError
 from .config import Config, ConfigError
 from .http_json import call
 from .wire.errors import ErrorCode
+from .wire.ids import CONTENT_ID_RE
 
 SCOPES = ["printer3d", "serviceDiscovery", "serviceInformation"]
 APP_NAME = "gotapi-3dp CLI"
@@ -28,6 +29,7 @@ JOB_POLL = 1.0          # seconds between job polls without events
 SAFETY_POLL = 5.0       # with events, a slow poll in case one is lost
 STATUS_POLL = 2.0
 EXIT_OK, EXIT_FAIL, EXIT_INTERRUPTED = 0, 1, 130
+MODEL_SUFFIXES = (".stl", ".3mf", ".obj", ".gcode")
 
 
 # -- the stack and its clients ---------------------------------------------------------------
@@ -119,9 +121,26 @@ def _error_text(error: Any) -> str | None:
 
 
 # -- print ----------------------------------------------------------------------------------
+def looks_like_path(target: str) -> bool:
+    """Whether `target` names a file: a path separator, a leading "." or "~", or a model
+    suffix. A content id (letters, digits, "_", "-": CONTENT_ID_RE) has none of these."""
+    if CONTENT_ID_RE.fullmatch(target):
+        return False
+    return ("/" in target or "\\" in target or target.startswith((".", "~"))
+            or target.lower().endswith(MODEL_SUFFIXES))
+
+
+def check_target(target: str) -> None:
+    """Refuse a file that is not there before any request (else it reaches the server as a
+    malformed content id)."""
+    path = Path(target).expanduser()
+    if not path.is_file() and looks_like_path(target):
+        raise ConfigError(f"not a file: {target}" if path.exists() else f"no such file: {target}")
+
+
 def resolve_content(up: dict[str, Any], target: str, say: Any) -> str:
     """A content id, or a model file that is added to the contents server first."""
-    path = Path(target)
+    path = Path(target).expanduser()
     if not path.is_file():
         return target
     with open(path, "rb") as fh:
@@ -145,6 +164,7 @@ def choose_printer(app: GotapiClient, wanted: str | None) -> dict[str, Any]:
 def cmd_print(args: Any, config: Config) -> int:
     from rich.console import Console
     console = Console(highlight=False)
+    check_target(args.target)
     up = load_up(config)
     try:
         content_id = resolve_content(up, args.target, console.print)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import select
 import signal
 import sys
 import time
@@ -84,8 +86,11 @@ def cmd_slice(args: argparse.Namespace, config: Config) -> int:
     t0 = time.monotonic()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("layers"), TimeElapsedColumn())
-    # auto_refresh=False: no refresh thread, so the slicer may fork its workers safely
-    with Progress(*columns, transient=True, auto_refresh=False) as progress:
+    # auto_refresh=False: no refresh thread, so the slicer may fork its workers safely.
+    # Only on a terminal: elsewhere rich's Progress ends by printing a blank line.
+    console = _console()
+    with Progress(*columns, console=console, transient=True, auto_refresh=False,
+                  disable=not console.is_terminal) as progress:
         task = progress.add_task(f"slicing {Path(args.model).name}", total=None)
         result = slice_file(Path(args.model), Path(args.output), profile,
                             progress=lambda done, total: progress.update(
@@ -446,12 +451,35 @@ def _operator_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, P3DError, OSError, *start_error)
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reader closed it (`| head -1`): poll reports
+    POLLERR/POLLHUP. A broken pipe to a server or a port is not that, and stays an error."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)                  # POLLERR and POLLHUP are always reported
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _quiet_exit() -> int:
+    """The reader has had enough: exit 0, stdout pointed at /dev/null so the interpreter's
+    final flush of what is still buffered does not raise BrokenPipeError again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, args.data_dir)
         return int(args.func(args, config))
     except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
+            return _quiet_exit()
         if not isinstance(exc, _operator_errors()):
             raise
         print(f"gotapi-3dp: error: {exc}", file=sys.stderr)

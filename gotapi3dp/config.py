@@ -32,7 +32,11 @@ class GotapiConfig:
     worker: str = "gevent"               # gunicorn worker: "gevent" (greenlets) or "gthread"
     connections: int = 1000              # gevent: open connections, WebSockets included
     threads: int = 16                    # gthread: request threads (each WebSocket holds one)
-    allowed_origins: list[str] = field(default_factory=list)  # empty: any single origin
+    # Empty: a browser Origin must be a loopback web origin (http(s)://localhost, 127.0.0.1
+    # or [::1], any port), so no web site can drive the printer; a native app naming
+    # itself with X-GotAPI-Origin alone may use any single name but "null". Non-empty:
+    # the exact list for both headers ("null" only if listed). gotapi_server/request_checks.py
+    allowed_origins: list[str] = field(default_factory=list)
     allow_non_loopback: bool = False     # refuse to bind elsewhere unless told explicitly
     token_lifetime: int = 180 * 24 * 3600
     max_body_bytes: int = 1 << 20
