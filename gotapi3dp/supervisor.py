@@ -3,6 +3,10 @@
 Each process is `gotapi-3dp serve NAME` in its own session (Ctrl-C reaches only us, and we
 stop the children in reverse order); its output goes to `<data-dir>/logs/NAME.log`. A child
 that dies is restarted with back-off. Linux children also get SIGTERM if we die.
+
+Before starting anything it refuses to run beside a live stack: one whose `up.json` names a
+live `up`, or any process holding a port the stack needs. During start-up a child is up only
+when its own process group listens on its ports (from /proc), not whoever answers there.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import requests
 
@@ -115,6 +121,149 @@ def _group_members(group: int) -> Iterator[tuple[int, int]]:
             continue                          # gone meanwhile
         if int(fields[2]) == group and fields[0] != "Z":
             yield int(entry.name), int(fields[1])
+
+
+# -- pre-flight: never start beside a running stack ------------------------------------------
+@dataclass(frozen=True)
+class Listener:
+    """A TCP address a supervised process binds."""
+
+    server: str           # the child that binds it (START_ORDER name)
+    what: str             # what it is, for messages
+    host: str
+    port: int
+
+
+def stack_listeners(config: Config) -> list[Listener]:
+    """Every TCP address the stack binds: the three HTTP servers and the bus's tcp://
+    endpoints (a port 0 or a non-tcp endpoint needs no check)."""
+    found = [Listener("gotapi", "GotAPI server (HTTP)", config.gotapi.host, config.gotapi.port),
+             Listener("contents", "contents server", config.contents.host, config.contents.port),
+             Listener("printer", "printer", config.printer.host, config.printer.port)]
+    for what, endpoint in (("intent bus", config.gotapi.bus_endpoint),
+                           ("bus tap", config.gotapi.tap_endpoint)):
+        parts = urlsplit(endpoint)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme == "tcp" and parts.hostname and port:
+            host = "" if parts.hostname == "*" else parts.hostname
+            found.append(Listener("gotapi", f"GotAPI server ({what})", host, port))
+    return [x for x in found if x.port]
+
+
+def port_in_use(host: str, port: int) -> OSError | None:
+    """The error binding host:port gives (as the servers bind: SO_REUSEADDR), or None if it
+    is free. The socket is closed at once. An address that does not resolve is not checked
+    (the server reports it itself)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror:
+        return None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            return exc
+    return None
+
+
+def check_ports_free(config: Config) -> None:
+    """Refuse (StartError) if a port the stack binds is taken, naming it and its server."""
+    for listener in stack_listeners(config):
+        error = port_in_use(listener.host, listener.port)
+        if error is not None:
+            raise StartError(f"port {listener.port} on {listener.host or '*'} is taken "
+                             f"({error.strerror or error}); the {listener.what} needs it. "
+                             f"Is another gotapi-3dp stack running? Stop it or change the port.")
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """A process's arguments from /proc; None without /proc (not Linux); [] if it is gone
+    or a zombie."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [arg.decode(errors="replace") for arg in fh.read().split(b"\0") if arg]
+    except OSError:
+        return []
+
+
+def is_up_process(pid: int) -> bool:
+    """Whether `pid` is a live `gotapi-3dp up` (or `demo`, which runs one): by its command
+    line where /proc tells it, else by its being alive."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass                                  # alive, someone else's
+    args = _cmdline(pid)
+    if args is None:
+        return True
+    ours = any("gotapi-3dp" in os.path.basename(a) or a.startswith("gotapi3dp") for a in args)
+    return ours and ("up" in args or "demo" in args)
+
+
+def check_not_running(config: Config) -> None:
+    """Refuse (StartError) if `up.json` names a live supervisor; a stale one is left to
+    be replaced."""
+    path = config.data_dir / "up.json"
+    try:
+        pid = json.loads(path.read_text()).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(pid, int) and is_up_process(pid):
+        raise StartError(f"a stack is already running on data dir {config.data_dir} "
+                         f"(gotapi-3dp up, pid {pid}; see {path}); stop it first")
+
+
+def _listening_inodes(port: int) -> set[int] | None:
+    """Inodes of the sockets listening on TCP `port`, any address; None without /proc."""
+    inodes: set[int] = set()
+    tables = [t for t in ("/proc/net/tcp", "/proc/net/tcp6") if os.path.exists(t)]
+    if not tables:
+        return None
+    for table in tables:
+        with open(table) as fh:
+            next(fh, None)                    # the header
+            for line in fh:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                    inodes.add(int(fields[9]))
+    return inodes
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets a process has open."""
+    found: set[int] = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    found.add(int(target[8:-1]))
+    return found
+
+
+def group_listens_on(group: int, port: int) -> bool | None:
+    """Whether a process of `group` listens on TCP `port`; None if /proc cannot tell."""
+    listening = _listening_inodes(port)
+    if listening is None:
+        return None
+    if not listening:
+        return False
+    try:
+        members = [pid for pid, _ in _group_members(group)]
+    except OSError:
+        return None
+    return any(_socket_inodes(pid) & listening for pid in members)
 
 
 class Child:
@@ -229,7 +378,12 @@ class Supervisor:
 
     # -- start-up -------------------------------------------------------------------------
     def start(self) -> UpInfo:
-        """Start everything in order, pair, add the sample; return what up.json holds."""
+        """Start everything in order, pair, add the sample; return what up.json holds.
+
+        Refuses (StartError) before touching anything if a stack already runs on the data
+        dir or a port the stack needs is taken."""
+        check_not_running(self.config)
+        check_ports_free(self.config)
         try:
             for name in ("contents", "printer", "gotapi"):
                 self.children[name].start()
@@ -269,16 +423,31 @@ class Supervisor:
             return False
 
     def _wait_ready(self, name: str) -> None:
+        """Wait until `name` answers and is the one listening on its ports: another
+        server on the port answers too, while ours fails to bind and exits."""
         child = self.children[name]
         deadline = time.monotonic() + READY_TIMEOUT
+        foreign: list[Listener] = []
         while time.monotonic() < deadline:
             if child.exit_code() is not None:
-                raise StartError(f"{name} exited with code {child.exit_code()}:\n{child.log_tail()}")
+                raise StartError(f"{name} exited with code {child.exit_code()} during start-up:"
+                                 f"\n{child.log_tail()}")
             if self._probe(name):
-                self._say(f"{name} is up")
-                return
+                foreign = self._foreign_listeners(child)
+                if not foreign:
+                    self._say(f"{name} is up")
+                    return
             time.sleep(0.2)
-        raise StartError(f"{name} did not answer within {READY_TIMEOUT:.0f} s:\n{child.log_tail()}")
+        why = (f"another process answers on port {foreign[0].port}" if foreign
+               else "it did not answer")
+        raise StartError(f"{name} is not up after {READY_TIMEOUT:.0f} s ({why}):\n{child.log_tail()}")
+
+    def _foreign_listeners(self, child: Child) -> list[Listener]:
+        """The child's ports that a process outside its group listens on (none where /proc
+        cannot tell: the probe alone decides there)."""
+        assert child.proc is not None
+        return [x for x in stack_listeners(self.config)
+                if x.server == child.name and group_listens_on(child.proc.pid, x.port) is False]
 
     def _pair(self) -> tuple[str, str]:
         from plugin_host.printer3d.printers import save_paired
