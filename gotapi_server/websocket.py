@@ -85,7 +85,7 @@ def _pump(ws: Any, outbox: "queue.Queue[str | None]") -> None:
         ws.send(text)
 
 
-def _watch(ws: Any, session: Session) -> threading.Thread:
+def _watch(ws: Any, session: Session) -> None:
     """Read (and drop) what the app sends until its socket closes, then stop the sender at
     once: a reloading page reconnects within milliseconds and must find its origin free,
     and its new registrations must not be wiped by a close noticed late."""
@@ -98,9 +98,7 @@ def _watch(ws: Any, session: Session) -> threading.Thread:
         except Exception:  # never leave the sender waiting on a socket that is gone
             log.exception("websocket of %s: reader failed", session.origin)
         session.stop()
-    thread = threading.Thread(target=run, name=f"ws-watch-{session.origin}", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=run, name=f"ws-watch-{session.origin}", daemon=True).start()
 
 
 def init_app(app: Flask, config: GotapiConfig, auth: AuthStore, hub: EventHub) -> None:
