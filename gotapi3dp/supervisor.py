@@ -43,6 +43,7 @@ READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 RESTART_MIN, RESTART_MAX = 1.0, 30.0
 GROUP_GRACE = 6.0       # s a crashed child's leftovers get to stop (Gunicorn's graceful timeout is 5)
+GROUP_SETTLE = 2.0      # s a stopped child's helpers get to notice and leave on their own
 SUPERVISOR_ORIGIN = "gotapi-3dp-supervisor"
 
 
@@ -342,24 +343,53 @@ class Child:
         except OSError:
             return ""
 
-    def end_group(self, timeout: float = GROUP_GRACE) -> bool:
+    def end_group(self, timeout: float = GROUP_GRACE, settle: float = GROUP_SETTLE) -> bool:
         """Stop the processes the child left behind in its session (e.g. a Gunicorn worker
         whose master died: it would keep the printer's serial port and go on printing while
-        its replacement starts). SIGTERM, then SIGKILL after `timeout` s. True if any."""
+        its replacement starts). True if any had to be stopped.
+
+        First `settle` s for them to leave by themselves: multiprocessing's forkserver and
+        resource tracker (the printer's slicer pool) exit only once they read EOF from the
+        worker that has just ended, so a clean stop always finds them for a moment. Then
+        SIGTERM, and SIGKILL after `timeout` s."""
         if self.proc is None:
             return False
         group = self.proc.pid                 # start_new_session: the group is the child's pid
-        if not _group_alive(group):
+        if not _wait_group_gone(group, settle):
             return False
-        log.warning("%s left processes behind; stopping them", self.name)
+        log.warning("%s left processes behind; stopping them: %s", self.name,
+                    _describe_group(group))
         _terminate_orphans(group)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not _group_alive(group):
-                return True
-            time.sleep(0.05)
-        _signal_group(group, signal.SIGKILL)
+        if _wait_group_gone(group, timeout):
+            _signal_group(group, signal.SIGKILL)
         return True
+
+
+def _wait_group_gone(group: int, timeout: float) -> bool:
+    """Poll until the group is empty or `timeout` s passed; True if something is left."""
+    deadline = time.monotonic() + timeout
+    while _group_alive(group):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _describe_group(group: int) -> str:
+    """'pid (command), ...' of the group's live processes, for the log."""
+    try:
+        members = [pid for pid, _ in _group_members(group)]
+    except OSError:
+        return f"process group {group}"
+    names = []
+    for pid in members:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace").strip()
+        except OSError:
+            cmd = "?"
+        names.append(f"{pid} ({cmd[:80]})")
+    return ", ".join(names) or f"process group {group}"
 
 
 class Supervisor:

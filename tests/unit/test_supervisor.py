@@ -3,6 +3,7 @@ and its refusal to start beside a running stack (up.json, ports, someone else's 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -63,6 +64,24 @@ def test_leftovers_of_a_crashed_child_are_stopped(tmp_path):
     assert child.end_group(timeout=5.0)
     assert wait_gone(grandchild)
     assert not child.end_group()                            # nothing left the second time
+
+
+def test_the_warning_names_the_leftovers(tmp_path, caplog):
+    child, grandchild = crashed_child(tmp_path, POLITE)
+    with caplog.at_level(logging.WARNING, logger="gotapi3dp.supervisor"):
+        assert child.end_group(timeout=5.0, settle=0.2)
+    assert f"{grandchild} (" in caplog.text and "left processes behind" in caplog.text
+
+
+def test_helpers_that_leave_on_their_own_are_no_leftovers(tmp_path, caplog):
+    """A clean stop of the printer always finds multiprocessing's fork server and resource
+    tracker for a moment (they leave once they read EOF from the ended worker): that is
+    no cause for a warning, nor for a SIGTERM."""
+    child, grandchild = crashed_child(tmp_path, "import time; time.sleep(0.6)")
+    with caplog.at_level(logging.WARNING, logger="gotapi3dp.supervisor"):
+        assert not child.end_group(timeout=5.0, settle=5.0)
+    assert not alive(grandchild)
+    assert "left processes behind" not in caplog.text
 
 
 def test_leftovers_that_ignore_sigterm_are_killed(tmp_path):
