@@ -60,14 +60,15 @@ def _emit(args: Any, rows: list[dict[str, Any]], columns: list[tuple[str, str]],
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from .console import console
     table = Table(title=title, title_justify="left")
     for _, header in columns:
         table.add_column(header)
     for row in rows:
         table.add_row(*(_cell(row.get(key)) for key, _ in columns))
-    Console(highlight=False).print(table if rows else f"{title}: none")
+    console(highlight=False).print(table if rows else f"{title}: none")
 
 
 def _cell(value: Any) -> str:
@@ -162,8 +163,8 @@ def choose_printer(app: GotapiClient, wanted: str | None) -> dict[str, Any]:
 
 
 def cmd_print(args: Any, config: Config) -> int:
-    from rich.console import Console
-    console = Console(highlight=False)
+    from .console import console as make_console
+    console = make_console(highlight=False)
     check_target(args.target)
     up = load_up(config)
     try:

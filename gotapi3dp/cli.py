@@ -20,8 +20,8 @@ SERVE_NAMES = ("gotapi", "plugin-host", "contents", "printer")
 
 
 def _console() -> Any:
-    from rich.console import Console
-    return Console(stderr=False, highlight=False)
+    from .console import console
+    return console(stderr=False, highlight=False)
 
 
 # -- commands ------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Small command-line defects: a missing model file, a closed stdout pipe, a stray blank line."""
 from __future__ import annotations
 
+import os
 import select
 import subprocess
 import sys
@@ -102,6 +103,31 @@ def test_bus_tap_into_a_closed_pipe_exits_quietly(tmp_path: Path, busy_bus: Bus,
     proc.stderr.close()
     assert proc.returncode == 0, stderr
     assert "Broken pipe" not in stderr and "Exception" not in stderr and "error" not in stderr
+
+
+TABLE_INTO_A_PIPE = """
+import sys
+from gotapi3dp import app_cli, cli
+app_cli.load_up = lambda config: {{}}
+app_cli.contents_call = lambda up, method, path: {{"contents": [
+    {{"id": str(i), "name": "part-%05d" % i, "format": "stl"}} for i in range(5000)]}}
+sys.exit(cli.main(["--data-dir", {data_dir!r}, "contents", "list"]))
+"""
+
+
+def test_a_rich_table_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    """`gotapi-3dp contents list | true`: the reader is gone before the table is written.
+    Rich's own answer to that broken pipe is exit 1."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)                                 # the reader has had enough already
+    try:
+        out = subprocess.run([sys.executable, "-c",
+                              TABLE_INTO_A_PIPE.format(data_dir=str(tmp_path / "d"))],
+                             stdout=write_end, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write_end)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == b""
 
 
 def test_a_broken_pipe_elsewhere_is_still_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
