@@ -35,7 +35,7 @@ def run_flow(info: UpInfo, console: Console, job_timeout: float = 600.0) -> Demo
     app = GotapiClient(info.gotapi, origin=DEMO_ORIGIN)
     app.authorize("gotapi-3dp demo", SCOPES)
     services = app.request("GET", "serviceDiscovery")["services"]
-    service = next(s for s in services if s["online"] and s["id"].split(".")[0] == info.serviceId)
+    service = next(s for s in services if s["online"] and s["id"] == info.serviceId)
     console.print(f"printer [bold]{service['name']}[/] ({service['id']})")
     conn = app.request("POST", "printer3d/connect", serviceId=service["id"],
                        contentId=info.sampleContentId, contentsKey=info.contentsKey)

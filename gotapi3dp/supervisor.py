@@ -422,7 +422,7 @@ class Supervisor:
             contents_key, service_id = self._pair()
             sample_id = self._add_sample(contents_key)
             self.children["plugin-host"].start()
-            self._wait_service(service_id)
+            service_id = self._wait_service(service_id)
         except BaseException:
             self.stop()
             raise
@@ -500,8 +500,9 @@ class Supervisor:
                            data={"name": "Calibration piece"})
         return str(content["id"])
 
-    def _wait_service(self, local_id: str) -> None:
-        """Wait until serviceDiscovery shows the printer online through the plug-in."""
+    def _wait_service(self, local_id: str) -> str:
+        """Wait until serviceDiscovery shows the printer online through the plug-in; return
+        the serviceId GotAPI gives it (`printer-1.printer3d`), the one apps pass back."""
         client = GotapiClient(self._gotapi_url, origin=SUPERVISOR_ORIGIN, timeout=15)
         child = self.children["plugin-host"]
         deadline = time.monotonic() + READY_TIMEOUT
@@ -512,9 +513,10 @@ class Supervisor:
                 if client.access_token is None:
                     client.authorize("gotapi-3dp supervisor", ["serviceDiscovery"])
                 services = client.request("GET", "serviceDiscovery")["services"]
-                if any(s["id"].split(".")[0] == local_id and s["online"] for s in services):
-                    self._say("plug-in host is up; the printer is online")
-                    return
+                for service in services:
+                    if service["id"].split(".")[0] == local_id and service["online"]:
+                        self._say("plug-in host is up; the printer is online")
+                        return str(service["id"])
             except (GotapiError, requests.RequestException, ValueError, KeyError):
                 pass
             time.sleep(0.3)

@@ -201,7 +201,7 @@ def _wait_plugin_gone(stack: Stack) -> GotapiError:
     """Until the GotAPI server answers printer3d calls with an error (the host is frozen)."""
     app = GotapiClient(stack.info["gotapi"], origin="http://localhost:1", timeout=60)
     app.authorize("webapp test", ["printer3d", "serviceDiscovery"])
-    service_id = f"{stack.info['serviceId']}.printer3d"
+    service_id = stack.info["serviceId"]
     while True:
         try:
             app.request("GET", "printer3d/status", serviceId=service_id)
