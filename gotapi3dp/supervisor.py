@@ -11,6 +11,7 @@ when its own process group listens on its ports (from /proc), not whoever answer
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -405,6 +406,7 @@ class Supervisor:
             base += ["--config", str(config_path)]
         self.children = {name: Child(name, base + ["serve", name], log_dir / f"{name}.log")
                          for name in START_ORDER}
+        self._lock_fd: int | None = None
 
     # -- start-up -------------------------------------------------------------------------
     def start(self) -> UpInfo:
@@ -412,8 +414,13 @@ class Supervisor:
 
         Refuses (StartError) before touching anything if a stack already runs on the data
         dir or a port the stack needs is taken."""
-        check_not_running(self.config)
-        check_ports_free(self.config)
+        self._take_lock()
+        try:
+            check_not_running(self.config)
+            check_ports_free(self.config)
+        except BaseException:
+            self._release_lock()
+            raise
         try:
             for name in ("contents", "printer", "gotapi"):
                 self.children[name].start()
@@ -433,6 +440,27 @@ class Supervisor:
                       dataDir=str(self.config.data_dir), pid=os.getpid())
         replace_file(self.config.data_dir / "up.json", json.dumps(asdict(info), indent=1).encode(), 0o600)
         return info
+
+    def _take_lock(self) -> None:
+        """Hold `<data-dir>/up.lock` (flock) for this supervisor's life: of two `up`s
+        started at the same instant, where both would find no up.json, one wins. The kernel
+        drops the lock when the process ends, however it ends, so no lock is ever stale."""
+        path = self.config.data_dir / "up.lock"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            check_not_running(self.config)    # says which up, if up.json names it already
+            raise StartError(f"another gotapi-3dp up is starting on data dir "
+                             f"{self.config.data_dir} (it holds {path}); stop it first") from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
 
     @property
     def _gotapi_url(self) -> str:
@@ -562,6 +590,7 @@ class Supervisor:
                 up_json.unlink()
         except (OSError, ValueError):
             pass
+        self._release_lock()
 
 
 def read_up_json(config: Config) -> dict[str, Any]:

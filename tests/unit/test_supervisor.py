@@ -277,6 +277,46 @@ def test_a_live_up_named_in_up_json_is_refused_and_its_up_json_kept(tmp_path, fa
     assert (tmp_path / "up.json").read_text() == text
 
 
+def test_of_two_ups_starting_at_once_one_is_refused_before_it_starts_anything(tmp_path):
+    """Both would find no up.json yet: `up.lock` decides. The kernel drops the lock with its
+    holder, so a refused or stopped up leaves none behind."""
+    config = stack_config(tmp_path)
+    first = Supervisor(config)
+    first._take_lock()                                      # noqa: SLF001 (mid-start)
+    second = Supervisor(config)
+    with pytest.raises(StartError, match=f"another gotapi-3dp up is starting on data dir {tmp_path}"):
+        second.start()
+    assert nothing_started(second)
+    holder = subprocess.run([sys.executable, "-c", LOCK_HOLDER.format(path=str(tmp_path / "up.lock"))],
+                            capture_output=True, text=True, timeout=30)
+    assert holder.stdout == "taken\n"                      # held across processes too
+    first.stop()                                            # releases it
+    holder = subprocess.run([sys.executable, "-c", LOCK_HOLDER.format(path=str(tmp_path / "up.lock"))],
+                            capture_output=True, text=True, timeout=30)
+    assert holder.stdout == "free\n"
+
+
+def test_a_refused_start_releases_the_lock(tmp_path, held):
+    config = stack_config(tmp_path)
+    config.printer.port = held.getsockname()[1]
+    with pytest.raises(StartError, match="printer needs it"):
+        Supervisor(config).start()
+    again = Supervisor(config)
+    again._take_lock()                                      # noqa: SLF001 (no StartError)
+    again.stop()
+
+
+LOCK_HOLDER = """
+import fcntl, os
+fd = os.open({path!r}, os.O_RDWR)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("free")
+except BlockingIOError:
+    print("taken")
+"""
+
+
 def test_a_dead_pid_in_up_json_is_stale(tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
