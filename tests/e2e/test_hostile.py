@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -185,3 +186,23 @@ def test_chunked_body_of_exactly_the_limit_is_read_whole(stack: Stack) -> None:
                       timeout=30)
     # 13 would mean the token after the padding was cut off; a bogus token is not 13
     assert r.status_code == 200 and r.json()["errorCode"] not in (13, 1003), r.text[:300]
+
+
+@pytest.mark.parametrize("header", ["Origin", "X-GotAPI-Origin"])
+def test_an_origin_header_sent_twice_is_18_over_real_http(stack: Stack, header: str) -> None:
+    """The server reads headers from the WSGI environ, where Gunicorn joins a repeated
+    header with a comma: two allowed origins must still be two origins, not the last one."""
+    host, port = stack.info["gotapi"].removeprefix("http://").split(":")
+    request = (f"GET /gotapi/availability HTTP/1.1\r\nHost: {host}:{port}\r\n"
+               f"{header}: http://localhost:4035\r\n{header}: http://localhost:4035\r\n"
+               "Connection: close\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(request)
+        raw = b""
+        while chunk := conn.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    answer = json.loads(body)
+    assert answer["result"] == 1 and answer["errorCode"] == 18, answer
+    assert b"access-control-allow-origin" not in head.lower()
