@@ -74,7 +74,7 @@ def test_printers_lists_the_printer_online(stack: Stack) -> None:
     out = stack.cli("printers", "--json")
     assert out.returncode == 0, out.stderr
     printers = json.loads(out.stdout)
-    assert any(p["id"].split(".")[0] == stack.info["serviceId"] and p["online"] for p in printers)
+    assert any(p["id"] == stack.info["serviceId"] and p["online"] for p in printers)
     table = stack.cli("printers")
     assert table.returncode == 0 and "Virtual Printer" in table.stdout
 
