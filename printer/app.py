@@ -40,7 +40,7 @@ def create_app(printer: Printer) -> Flask:
     app.register_error_handler(Exception, _unexpected)
     app.register_blueprint(bp)
     app.register_blueprint(api_pairing.bp)
-    api_events.init_app(app, printer.jobs)  # GET /api/events: job changes as SSE
+    api_events.init_app(app, printer.jobs, printer.status)  # GET /api/events: SSE
     return app
 
 

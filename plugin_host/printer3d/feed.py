@@ -1,7 +1,8 @@
 """One reader thread per printer on its job-change stream (`GET /api/events`, SSE).
 
 The reader resumes from the last event id it saw (`Last-Event-ID`), reconnects with back-off
-when the printer goes away, and hands every job map to `on_job(service_id, job)` in order;
+when the printer goes away, and hands every job map to `on_job(service_id, job)` in order,
+and every status the printer pushes (`event: status`, on change) to `on_status`;
 `on_state(service_id, connected)` tells whether the stream is live (the status cache trusts
 nothing while it is not). A `reset` event means the printer lost our position (it restarted):
 the current state of its recent jobs follows, and `on_job` sees them like any change.
@@ -23,6 +24,7 @@ READ_TIMEOUT = 35.0  # the printer sends a keep-alive comment every 10 s
 
 OnJob = Callable[[str, dict[str, Any]], None]
 OnState = Callable[[str, bool], None]
+OnStatus = Callable[[str, dict[str, Any]], None]
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str, str]]:
@@ -50,11 +52,11 @@ class JobStream:
     """Follows one printer's job changes on a daemon thread until `stop()`."""
 
     def __init__(self, service_id: str, url: str, api_key: str, on_job: OnJob,
-                 on_state: OnState) -> None:
+                 on_state: OnState, on_status: OnStatus) -> None:
         self.service_id = service_id
         self._url = url.rstrip("/") + "/api/events"
         self._headers = {"X-Api-Key": api_key, "Accept": "text/event-stream"}
-        self._on_job, self._on_state = on_job, on_state
+        self._on_job, self._on_state, self._on_status = on_job, on_state, on_status
         self._stop = threading.Event()
         self._last_id = ""
         self._response: requests.Response | None = None
@@ -68,7 +70,7 @@ class JobStream:
         self._stop.set()
         response = self._response
         if response is not None:
-            response.close()  # unblocks the read
+            _unblock(response)
 
     def _run(self) -> None:
         backoff = BACKOFF_MIN
@@ -80,6 +82,12 @@ class JobStream:
                 except (requests.RequestException, ValueError, OSError) as exc:
                     log.info("job stream of %s: %s; again in %.2f s", self.service_id,
                              type(exc).__name__, backoff)
+                except Exception:
+                    if self._stop.is_set():
+                        return  # stop() closed the response under the read (http.client
+                        # then fails on its own half-closed state: AttributeError)
+                    log.exception("job stream of %s failed; again in %.2f s",
+                                  self.service_id, backoff)
                 self._on_state(self.service_id, False)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
@@ -98,7 +106,19 @@ class JobStream:
                 if self._stop.is_set():
                     return
                 self._last_id = ident or self._last_id
-                if event == "job":
-                    job = json.loads(data)
-                    if isinstance(job, dict):
-                        self._on_job(self.service_id, job)
+                if event in ("job", "status"):
+                    value = json.loads(data)
+                    if isinstance(value, dict):
+                        handler = self._on_job if event == "job" else self._on_status
+                        handler(self.service_id, value)
+
+
+def _unblock(response: requests.Response) -> None:
+    """End the reader's blocking read now: urllib3's `shutdown()` (2.3+) shuts the socket
+    for reading. `response.close()` from this thread waits for the lock of the very
+    buffered read it should end, so it returned only with the printer's next keep-alive
+    (10 s), and the plug-in host took that long to stop."""
+    try:
+        response.raw.shutdown()
+    except (AttributeError, ValueError, RuntimeError, OSError):
+        response.close()       # an older urllib3, or a connection already given back

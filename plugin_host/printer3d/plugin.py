@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,7 +35,7 @@ PROFILE = "printer3d"
 SPEC_PATH = Path(__file__).with_name("printer3d.json")
 IDENTITY_TIMEOUT = 1.5
 EVENT_ATTRIBUTE = "onJobChange"
-STATUS_TTL = 1.0  # seconds a cached status is served while the printer's job stream is live
+STATUS_TTL = 1.0  # s a status we asked for is served while the stream is live (pushed: always)
 STATUS_STALE_MAX = 3.0  # while one refresh is in flight, others get the cache up to this old
 _JOB_KEYS = ("id", "state", "progress", "layer", "layers", "sliced", "error", "contentId",
              "createdAt", "updatedAt")
@@ -63,14 +64,15 @@ class Printer3DPlugin(Plugin):
         self._clients = {p.service_id: PrinterClient(p.url, p.api_key, http_timeout) for p in printers}
         self._contents = contents
         self._connections = connections
-        self._lock = threading.Lock()  # guards the six collections below
-        self._status: dict[str, tuple[float, dict[str, Any]]] = {}   # service -> (time, status)
+        self._lock = threading.Lock()  # guards the seven collections below
+        self._status: dict[str, _Cached] = {}                         # service -> its status
+        self._generation: dict[str, int] = {}                        # service -> cache changes
         self._refreshing: set[str] = set()                            # status asked right now
         self._live: dict[str, bool] = {}                               # service -> stream up
         self._last_job: dict[tuple[str, str], tuple[Any, ...]] = {}   # (service, job) -> seen
         self._listeners: dict[tuple[str, str], int] = {}              # (origin, service)
-        self._streams = [JobStream(p.service_id, p.url, p.api_key, self._on_job, self._on_live)
-                         for p in printers] if follow_jobs else []
+        self._streams = [JobStream(p.service_id, p.url, p.api_key, self._on_job, self._on_live,
+                                   self._on_status) for p in printers] if follow_jobs else []
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "connect"): self.connect,
             ("POST", "print"): self.print_,
@@ -168,38 +170,46 @@ class Printer3DPlugin(Plugin):
         return intent.response(cached) if cached is not None else None
 
     def status(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
-        """Served from cache while the printer's job stream is live (any job change drops
-        the entry, temperatures are at most STATUS_TTL old, or STATUS_STALE_MAX while
-        another request is refreshing it); else asked from the printer, once at a time."""
+        """From the cache while the printer's stream is live (see `_cached_status`); else
+        asked from the printer, once at a time. An answer that a job change or a pushed
+        status overtook while it was on its way is returned but not cached."""
         sid = printer.service_id
         cached = self._cached_status(sid, True)
         if cached is not None:
             return cached
+        with self._lock:
+            generation = self._generation.get(sid, 0)
         try:
-            status = self._clients[sid].status()
+            answer = _status_answer(self._clients[sid].status())
         finally:
             with self._lock:
                 self._refreshing.discard(sid)
-        answer = {"state": status["state"], "temperatures": status["temperatures"]}
-        if status.get("jobId"):
-            answer["jobId"] = status["jobId"]
         with self._lock:
-            if self._live.get(sid):
-                self._status[sid] = (time.monotonic(), answer)
+            if self._live.get(sid) and self._generation.get(sid, 0) == generation:
+                self._status[sid] = _Cached(time.monotonic(), answer, pushed=False)
         return dict(answer)
 
     def _cached_status(self, sid: str, refresh: bool) -> dict[str, Any] | None:
         """A copy of the usable cache entry, or None; `refresh`: a None makes the caller
-        the one refreshing it (the others get the stale entry meanwhile)."""
+        the one refreshing it (the others get the stale entry meanwhile).
+
+        Usable only while the stream is live. A status the printer pushed stays usable (it
+        pushes every change within a second); one this plug-in asked for, from a printer
+        that does not push, for STATUS_TTL, or STATUS_STALE_MAX while a refresh runs."""
         with self._lock:
             entry = self._status.get(sid) if self._live.get(sid) else None
-            age = time.monotonic() - entry[0] if entry is not None else 0.0
-            if entry is not None and (age < STATUS_TTL or (
+            age = time.monotonic() - entry.at if entry is not None else 0.0
+            if entry is not None and (entry.pushed or age < STATUS_TTL or (
                     sid in self._refreshing and age < STATUS_STALE_MAX)):
-                return dict(entry[1])
+                return dict(entry.answer)
             if refresh:
                 self._refreshing.add(sid)
             return None
+
+    def _forget_status(self, sid: str) -> None:
+        """Drop the cached status (lock held); an answer asked before this is not cached."""
+        self._status.pop(sid, None)
+        self._generation[sid] = self._generation.get(sid, 0) + 1
 
     def add_listener(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
         """PUT onJobChange: the server routes this printer's job events to the app's socket."""
@@ -220,7 +230,19 @@ class Printer3DPlugin(Plugin):
     def _on_live(self, service_id: str, live: bool) -> None:
         with self._lock:
             self._live[service_id] = live
-            self._status.pop(service_id, None)
+            self._forget_status(service_id)
+
+    def _on_status(self, service_id: str, status: dict[str, Any]) -> None:
+        """The printer pushed its status (it changed, or the stream just opened)."""
+        try:
+            answer = _status_answer(status)
+        except (KeyError, TypeError):
+            log.warning("printer %s pushed a status without state/temperatures", service_id)
+            return
+        with self._lock:
+            self._forget_status(service_id)
+            if self._live.get(service_id):
+                self._status[service_id] = _Cached(time.monotonic(), answer, pushed=True)
 
     def _on_job(self, service_id: str, job: dict[str, Any]) -> None:
         """A change from the printer's stream: drop the cached status, emit onJobChange once
@@ -230,7 +252,7 @@ class Printer3DPlugin(Plugin):
         signature = tuple(json.dumps(view.get(k), sort_keys=True) for k in _JOB_KEYS)
         stamp = view.get("updatedAt") if isinstance(view.get("updatedAt"), (int, float)) else 0
         with self._lock:
-            self._status.pop(service_id, None)
+            self._forget_status(service_id)
             last = self._last_job.get(key)
             if last is not None and (last[0] == signature or stamp < last[1]):
                 return  # seen already, or older than what the app has
@@ -274,6 +296,21 @@ class Printer3DPlugin(Plugin):
     def _information(self) -> dict[str, Any]:
         return {"supports": [PROFILE], "supportApis": {PROFILE: self._spec},
                 "connect": {"wifi": True}}
+
+
+@dataclass(frozen=True)
+class _Cached:
+    at: float                 # time.monotonic() when it arrived
+    answer: dict[str, Any]    # what GET status answers
+    pushed: bool              # pushed by the printer (kept up to date), or asked by us
+
+
+def _status_answer(status: dict[str, Any]) -> dict[str, Any]:
+    """The printer's `/api/status` (or pushed status) as `GET printer3d/status` answers it."""
+    answer = {"state": status["state"], "temperatures": status["temperatures"]}
+    if status.get("jobId"):
+        answer["jobId"] = status["jobId"]
+    return answer
 
 
 def _app_job(job: dict[str, Any]) -> dict[str, Any]:

@@ -69,9 +69,12 @@ def test_feed_wait_wakes_on_publish() -> None:
     assert [e.seq for e in feed.wait(0, 10.0)] == [1]
 
 
-def _sse_app(store: Store) -> Flask:
+IDLE = {"state": "idle", "temperatures": {"hotend": {"actual": 21.0, "target": 0.0}}}
+
+
+def _sse_app(store: Store, status: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
-    api_events.init_app(app, store)
+    api_events.init_app(app, store, lambda: dict(status or IDLE))
     return app
 
 
@@ -83,6 +86,7 @@ def test_events_endpoint_snapshot_then_changes_and_resume() -> None:
     body = resp.iter_encoded()
     first = next(body) + next(body)
     assert b"event: reset" in first and b'"id":"old"' in first
+    assert next(body).decode() == f"event: status\ndata: {json.dumps(IDLE, separators=(',', ':'))}\n\n"
     store.commit(id="j", state="queued")
     chunk = next(body).decode()
     assert "event: job" in chunk and '"state":"queued"' in chunk
@@ -93,6 +97,73 @@ def test_events_endpoint_snapshot_then_changes_and_resume() -> None:
     chunk = next(resumed.iter_encoded()).decode()
     assert '"state":"downloading"' in chunk and "reset" not in chunk
     resumed.close()
+
+
+def test_status_is_pushed_on_change_only_without_an_id(monkeypatch) -> None:
+    """The printer's status rides on the stream: once at the start, then only when it
+    differs (looked at every STATUS_PERIOD and after job changes); never with an `id:`, so
+    a reader's resume position stays on the job changes."""
+    monkeypatch.setattr(api_events, "STATUS_PERIOD", 0.02)
+    monkeypatch.setattr(api_events, "KEEPALIVE", 0.1)
+    store, status = Store(), dict(IDLE)
+    app = _sse_app(store, status)
+    app.extensions[api_events.FEED + ".status"] = lambda: dict(status)
+    body = app.test_client().get("/api/events", headers={"Last-Event-ID": "x:0"}).iter_encoded()
+    chunks = [next(body).decode() for _ in range(2)]
+    assert "event: reset" in chunks[0] and chunks[1].startswith("event: status\ndata: ")
+    assert next(body).decode() == ": keep-alive\n\n"            # unchanged: nothing but that
+    status["temperatures"] = {"hotend": {"actual": 80.0, "target": 210.0}}
+    pushed = next(body).decode()
+    assert pushed.startswith("event: status\n") and "id:" not in pushed
+    assert json.loads(pushed.split("data: ", 1)[1])["temperatures"]["hotend"]["target"] == 210.0
+    status.update(state="printing", jobId="j")
+    store.commit(id="j", state="printing")                       # a change and its status
+    both = next(body).decode()
+    assert both.index("event: job") < both.index("event: status") and '"jobId":"j"' in both
+
+
+def test_the_plugins_reader_gets_jobs_and_pushed_status_over_real_http(monkeypatch) -> None:
+    """The printer's SSE endpoint on a real server, followed by the plug-in's JobStream."""
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    class ChunkedHandler(WSGIRequestHandler):
+        protocol_version = "HTTP/1.1"   # chunked, as Gunicorn streams it (1.0 would buffer)
+
+    from plugin_host.printer3d.feed import JobStream
+    monkeypatch.setattr(api_events, "STATUS_PERIOD", 0.02)
+    store, status = Store(), dict(IDLE)
+    app = _sse_app(store)
+    app.extensions[api_events.FEED + ".status"] = lambda: dict(status)
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=ChunkedHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    got: list[tuple[str, Any]] = []
+    stream = JobStream("printer-1", f"http://127.0.0.1:{server.server_port}", "key",
+                       lambda sid, job: got.append(("job", job["state"])),
+                       lambda sid, live: got.append(("live", live)),
+                       lambda sid, st: got.append(("status", st["state"])))
+    stream.start()
+    try:
+        assert wait_for(lambda: ("status", "idle") in got)
+        status["state"] = "printing"
+        store.commit(id="j", state="printing")
+        assert wait_for(lambda: ("status", "printing") in got)
+        assert got.index(("live", True)) < got.index(("status", "idle"))
+        assert got.index(("job", "printing")) < got.index(("status", "printing"))
+        stream.stop()                      # mid-read, 10 s before the next keep-alive
+        assert wait_for(lambda: not stream._thread.is_alive(), timeout=3.0)
+    finally:
+        stream.stop()
+        server.shutdown()
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
+    import time
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_parse_sse() -> None:
@@ -147,6 +218,61 @@ def test_status_is_cached_only_while_the_stream_is_live() -> None:
     plugin._on_job("printer-1", {"id": "j", "state": "queued"})
     plugin.handle(ask)
     assert len(calls) == 4                   # a job change drops the cache
+
+
+class CountingClient:
+    """The printer as the plug-in's status fallback asks it; `during` runs mid-call."""
+
+    def __init__(self, during: Any = None) -> None:
+        self.calls = 0
+        self.during = during
+
+    def status(self) -> dict[str, Any]:
+        self.calls += 1
+        if self.during is not None:
+            self.during()
+        return {"state": "idle", "temperatures": {"asked": self.calls}}
+
+
+STATUS = Intent(Action.GET, profile="printer3d", attribute="status", service_id="printer-1")
+
+
+def test_a_pushed_status_is_answered_from_memory_however_old(monkeypatch) -> None:
+    from plugin_host.printer3d import plugin as p3d
+    plugin, _ = _plugin()
+    client = CountingClient()
+    plugin._clients["printer-1"] = client  # type: ignore[assignment]
+    plugin._on_status("printer-1", {"state": "idle", "temperatures": {"pushed": 1}})
+    assert plugin.answer_now(STATUS) is None                 # stream not live: ignored
+    plugin._on_live("printer-1", True)
+    plugin._on_status("printer-1", {"state": "printing", "temperatures": {"pushed": 2},
+                                    "jobId": "j"})
+    monkeypatch.setattr(p3d, "STATUS_TTL", 0.0)              # an asked-for one would be stale
+    answer = plugin.answer_now(STATUS)
+    assert answer is not None and answer.params == {"state": "printing", "jobId": "j",
+                                                    "temperatures": {"pushed": 2}}
+    assert client.calls == 0                                 # the printer was never asked
+    plugin._on_job("printer-1", {"id": "j", "state": "completed"})
+    assert plugin.answer_now(STATUS) is None                 # a job change drops it
+    plugin._on_status("printer-1", {"temperatures": {}})     # malformed: ignored, logged
+    assert plugin.answer_now(STATUS) is None
+    plugin._on_live("printer-1", False)
+    plugin._on_live("printer-1", True)
+    assert plugin.answer_now(STATUS) is None                 # a new stream starts empty
+
+
+def test_an_asked_status_overtaken_on_its_way_is_not_cached() -> None:
+    """The printer's answer left before a job change (or a pushed status) that arrived while
+    it travelled: returned to its asker, but never served to later ones as current."""
+    plugin, _ = _plugin()
+    plugin._on_live("printer-1", True)
+    client = CountingClient(during=lambda: plugin._on_job("printer-1", {"id": "j", "state": "queued"}))
+    plugin._clients["printer-1"] = client  # type: ignore[assignment]
+    assert plugin.handle(STATUS).params["temperatures"] == {"asked": 1}
+    assert plugin.answer_now(STATUS) is None
+    client.during = None
+    plugin.handle(STATUS)
+    assert plugin.answer_now(STATUS) is not None and client.calls == 2
 
 
 def test_listeners_follow_put_delete_and_disconnect() -> None:
