@@ -22,7 +22,11 @@ request (`"result": 0`) on the same URL.
 On a virtual machine the hypervisor may run other guests on our vCPUs: every run records the
 share of CPU time stolen from this machine meanwhile (`steal`, from /proc/stat), which is
 what makes a round slow for no reason of its own. Rounds alternate the paths, so each path
-gets its own chances at a quiet moment, and the best round of each is kept.
+gets its own chances at a quiet moment, and the best round of each is kept. This VM's speed
+also drifts by 20-30 % within a minute without any steal showing, so the best rounds of two
+paths may come from different minutes: with several rounds the script also prints the median
+over rounds of each round's own bus/direct ratio (the two paths run back to back in a
+round, so a slow minute slows both) and the median p99 of each path.
 """
 from __future__ import annotations
 
@@ -300,8 +304,9 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=4,
                         help="Python clients: load processes they are spread over (default 4)")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="alternate direct/bus this many times per level; keep each "
-                             "path's best round (other load on the machine only slows)")
+                        help="alternate the paths this many times per level; keep each "
+                             "path's best round (other load on the machine only slows), "
+                             "and with 2 or more also report medians over the rounds")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk"))
@@ -362,17 +367,22 @@ port = {printer}
         floor_base = f"http://127.0.0.1:{floor_port}"
         wait_up(f"{floor_base}/gotapi/printer3d/status")
         results: dict[str, dict[int, dict[str, float]]] = {"bus": {}, "direct": {}, "floor": {}}
+        rounds: dict[int, list[dict[str, dict[str, float]]]] = {c: [] for c in levels}
         for clients in levels:
             for _ in range(args.rounds):
+                this_round: dict[str, dict[str, float]] = {}
                 for name, base, token in (("floor", floor_base, ""),
                                           ("direct", direct_base, direct_token),
                                           ("bus", bus_base, bus_token)):
                     run_load(base, token, clients, 1.0)  # warm-up
-                    run = run_load(base, token, clients, args.seconds)
+                    run = this_round[name] = run_load(base, token, clients, args.seconds)
                     best = results[name].get(clients)
                     if best is None or run["rps"] > best["rps"]:
                         results[name][clients] = run
+                rounds[clients].append(this_round)
         report(results, levels)
+        if args.rounds > 1:
+            report_medians(rounds, levels)
     finally:
         for server in (direct, floor):
             if server is not None and server.pid:
@@ -396,6 +406,28 @@ def report(results: dict[str, dict[int, dict[str, float]]], levels: list[int]) -
               f"{f['steal_pct']:>3.1f} /{d['steal_pct']:>4.1f} /{b['steal_pct']:>4.1f}")
     errors = sum(r["errors"] for path in results.values() for r in path.values())
     print(json.dumps({"results": results, "errors": errors}))
+
+
+def report_medians(rounds: dict[int, list[dict[str, dict[str, float]]]],
+                   levels: list[int]) -> None:
+    """Medians over rounds: each round's own bus/direct ratio, and each path's p99."""
+    print(f"median over {len(rounds[levels[0]])} rounds (paired: bus/direct of the same round)")
+    print(f"{'clients':>7} | {'direct req/s':>12} {'p99 ms':>7} | {'bus req/s':>10} "
+          f"{'p99 ms':>7} | {'bus/direct':>10}")
+    medians: dict[int, dict[str, float]] = {}
+    for c in levels:
+        runs = rounds[c]
+        m = medians[c] = {
+            "direct_rps": statistics.median(r["direct"]["rps"] for r in runs),
+            "direct_p99_ms": statistics.median(r["direct"]["p99_ms"] for r in runs),
+            "bus_rps": statistics.median(r["bus"]["rps"] for r in runs),
+            "bus_p99_ms": statistics.median(r["bus"]["p99_ms"] for r in runs),
+            "paired_ratio": statistics.median(r["bus"]["rps"] / r["direct"]["rps"]
+                                              for r in runs),
+        }
+        print(f"{c:>7} | {m['direct_rps']:>12.0f} {m['direct_p99_ms']:>7.2f} | "
+              f"{m['bus_rps']:>10.0f} {m['bus_p99_ms']:>7.2f} | {m['paired_ratio']:>9.0%}")
+    print(json.dumps({"medians": medians, "rounds": rounds}))
 
 
 if __name__ == "__main__":
