@@ -57,12 +57,13 @@ def wait_approved(http: requests.Session, printer_url: str, printer_key: str,
 def pair_printer(printer_url: str, printer_key: str, contents_url: str, contents_key: str,
                  service_id: str, name: str | None = None, timeout: float = 10.0) -> PrinterEntry:
     """The whole code flow without a human: the caller holds the account key."""
-    http = requests.Session()
-    shown = start(http, printer_url, printer_key, contents_url, timeout)
-    confirm(http, contents_url, contents_key, shown["userCode"], shown["fingerprint"], timeout)
-    wait_approved(http, printer_url, printer_key, float(shown["expiresAt"]), timeout)
-    identity = call(http, "GET", f"{printer_url.rstrip('/')}/api/identity", timeout=timeout,
-                    unavailable=ErrorCode.PRINTER_UNAVAILABLE)
+    with requests.Session() as http:
+        shown = start(http, printer_url, printer_key, contents_url, timeout)
+        confirm(http, contents_url, contents_key, shown["userCode"], shown["fingerprint"],
+                timeout)
+        wait_approved(http, printer_url, printer_key, float(shown["expiresAt"]), timeout)
+        identity = call(http, "GET", f"{printer_url.rstrip('/')}/api/identity",
+                        timeout=timeout, unavailable=ErrorCode.PRINTER_UNAVAILABLE)
     return PrinterEntry(service_id=service_id, name=name or identity["name"],
                         url=printer_url.rstrip("/"), api_key=printer_key,
                         printer_id=identity["printerId"])

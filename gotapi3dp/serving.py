@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
 from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
@@ -35,12 +36,15 @@ class _FactoryApplication(BaseApplication):  # type: ignore[misc]
 
 def run_gunicorn(factory: Callable[[], Any], host: str, port: int, *, threads: int = 8,
                  name: str = "gotapi-3dp", on_exit: Callable[[], None] | None = None,
+                 on_stopping: Callable[[], None] | None = None,
                  access_log: bool = False, worker: str = "gthread",
                  connections: int = 1000) -> None:
     """Block serving `factory()` on host:port until SIGINT/SIGTERM.
 
-    `threads` sizes a gthread worker, `connections` a gevent one. `on_exit` runs in the
-    worker when it shuts down (stop threads, close sockets).
+    `threads` sizes a gthread worker, `connections` a gevent one. `on_stopping` runs in the
+    worker (gthread) as soon as it is told to stop (SIGTERM), before Gunicorn waits for the
+    requests in flight: end long-lived responses there. `on_exit` runs in the worker once
+    it has stopped serving (stop threads, close sockets).
     """
     if worker not in WORKER_CLASSES:
         raise ValueError(f"unknown worker {worker!r} (choose from {', '.join(WORKER_CLASSES)})")
@@ -51,6 +55,8 @@ def run_gunicorn(factory: Callable[[], Any], host: str, port: int, *, threads: i
         # Collect first, so garbage left from building it is freed, not pinned.
         gc.collect()
         gc.freeze()
+        if on_stopping is not None:
+            _on_sigterm(_worker, on_stopping)
 
     def worker_exit(server: Any, worker: Any) -> None:
         if on_exit is not None:
@@ -77,3 +83,19 @@ def run_gunicorn(factory: Callable[[], Any], host: str, port: int, *, threads: i
         "limit_request_fields": 100,
     }
     _FactoryApplication(factory, options).run()
+
+
+def _on_sigterm(worker: Any, on_stopping: Callable[[], None]) -> None:
+    """Call `on_stopping` after Gunicorn's own SIGTERM handling (it only clears `alive`,
+    then waits up to graceful_timeout for the requests in flight: an endless event stream
+    held every stop for those 5 s). Gunicorn has no hook for this signal."""
+    handle_exit = worker.handle_exit
+
+    def stopping(sig: int, frame: Any) -> None:
+        handle_exit(sig, frame)
+        try:
+            on_stopping()
+        except Exception:
+            log.exception("on_stopping failed")
+    signal.signal(signal.SIGTERM, stopping)
+

@@ -399,7 +399,11 @@ class Supervisor:
         self.config = config
         self._say = say
         self._stopping = threading.Event()
+        # Start-up is the only time we speak HTTP, a few calls: no keep-alive. A connection
+        # of ours left idle held a server's graceful stop (Gunicorn lets kept-alive
+        # connections linger up to 2 s, its keep-alive timeout under gevent).
         self._http = requests.Session()
+        self._http.headers["Connection"] = "close"
         log_dir = config.dir_for("logs")
         base = [sys.executable, "-m", "gotapi3dp.cli", "--data-dir", str(config.data_dir)]
         if config_path:
@@ -433,6 +437,8 @@ class Supervisor:
         except BaseException:
             self.stop()
             raise
+        finally:
+            self._http.close()
         info = UpInfo(gotapi=self._gotapi_url, bus=self.config.gotapi.bus_endpoint,
                       tap=self.config.gotapi.tap_endpoint, contents=self.config.contents.url,
                       printer=self._printer_url, contentsKey=contents_key,
@@ -475,7 +481,8 @@ class Supervisor:
                 "printer": f"{self._printer_url}/api/identity",
                 "gotapi": f"{self._gotapi_url}/gotapi/availability"}
         try:
-            resp = self._http.get(urls[name], timeout=2, headers={"X-GotAPI-Origin": SUPERVISOR_ORIGIN})
+            resp = self._http.get(urls[name], timeout=2,
+                                  headers={"X-GotAPI-Origin": SUPERVISOR_ORIGIN})
             return resp.status_code == 200
         except requests.RequestException:
             return False
@@ -531,23 +538,25 @@ class Supervisor:
     def _wait_service(self, local_id: str) -> str:
         """Wait until serviceDiscovery shows the printer online through the plug-in; return
         the serviceId GotAPI gives it (`printer-1.printer3d`), the one apps pass back."""
-        client = GotapiClient(self._gotapi_url, origin=SUPERVISOR_ORIGIN, timeout=15)
         child = self.children["plugin-host"]
         deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if child.exit_code() is not None:
-                raise StartError(f"plugin-host exited with code {child.exit_code()}:\n{child.log_tail()}")
-            try:
-                if client.access_token is None:
-                    client.authorize("gotapi-3dp supervisor", ["serviceDiscovery"])
-                services = client.request("GET", "serviceDiscovery")["services"]
-                for service in services:
-                    if service["id"].split(".")[0] == local_id and service["online"]:
-                        self._say("plug-in host is up; the printer is online")
-                        return str(service["id"])
-            except (GotapiError, requests.RequestException, ValueError, KeyError):
-                pass
-            time.sleep(0.3)
+        client = GotapiClient(self._gotapi_url, origin=SUPERVISOR_ORIGIN, timeout=15)
+        client.session.headers["Connection"] = "close"      # see __init__
+        with client.session:
+            while time.monotonic() < deadline:
+                if child.exit_code() is not None:
+                    raise StartError(f"plugin-host exited with code {child.exit_code()}:\n"
+                                     f"{child.log_tail()}")
+                try:
+                    if client.access_token is None:
+                        client.authorize("gotapi-3dp supervisor", ["serviceDiscovery"])
+                    for service in client.request("GET", "serviceDiscovery")["services"]:
+                        if service["id"].split(".")[0] == local_id and service["online"]:
+                            self._say("plug-in host is up; the printer is online")
+                            return str(service["id"])
+                except (GotapiError, requests.RequestException, ValueError, KeyError):
+                    pass
+                time.sleep(0.3)
         raise StartError(f"the printer service did not come online:\n{child.log_tail()}")
 
     # -- supervision ----------------------------------------------------------------------

@@ -41,6 +41,11 @@ def init_app(app: Flask, jobs: Any, status: StatusFn) -> None:
     app.register_blueprint(bp)
 
 
+def close(app: Flask) -> None:
+    """End every open stream now (the printer is stopping); readers reconnect elsewhere."""
+    app.extensions[FEED].close()
+
+
 def status_sse(status: dict[str, Any]) -> str:
     return f"event: status\ndata: {json.dumps(status, separators=(',', ':'))}\n\n"
 
@@ -55,7 +60,7 @@ def _stream(feed: JobFeed, after: int | None, jobs: Any, status: StatusFn) -> It
             yield FeedEvent(after, job).sse(feed.epoch)
     sent: dict[str, Any] | None = None
     last_write, wait = time.monotonic(), 0.0      # first turn: what was missed, then status
-    while True:
+    while not feed.closed:
         events = feed.wait(after, wait)
         wait = STATUS_PERIOD
         out = [event.sse(feed.epoch) for event in events]

@@ -41,6 +41,7 @@ class JobFeed:
         self._events: deque[FeedEvent] = deque(maxlen=buffer)
         self._seq = 0
         self._cond = threading.Condition()
+        self.closed = False
 
     def attach(self, store: Any) -> "JobFeed":
         store.subscribe(self.publish)
@@ -78,6 +79,13 @@ class JobFeed:
     def wait(self, after: int, timeout: float) -> list[FeedEvent]:
         """Events with seq > `after`, waiting up to `timeout` for the first one."""
         with self._cond:
-            if self._seq <= after:
+            if self._seq <= after and not self.closed:
                 self._cond.wait(timeout)
             return [e for e in self._events if e.seq > after]
+
+    def close(self) -> None:
+        """The printer is stopping: wake every reader, whose stream then ends (a stream
+        left open holds Gunicorn's graceful stop for its whole timeout)."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()

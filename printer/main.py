@@ -198,17 +198,25 @@ def serve(config: Config) -> None:
     pc = config.printer
     check_bind_host(pc.host, pc.allow_non_loopback, "printer")
     built: list[Printer] = []
+    apps: list[Any] = []
 
     def factory() -> Any:
         from .app import create_app
         built.append(build(config))
-        return create_app(built[0])
+        apps.append(create_app(built[0]))
+        return apps[0]
+
+    def on_stopping() -> None:
+        from . import api_events
+        for app in apps:
+            api_events.close(app)       # followers' event streams end now, not in 5 s
 
     def on_exit() -> None:
         for printer in built:
             printer.close()
 
-    run_gunicorn(factory, pc.host, pc.port, threads=8, name="gotapi-3dp-printer", on_exit=on_exit)
+    run_gunicorn(factory, pc.host, pc.port, threads=8, name="gotapi-3dp-printer",
+                 on_exit=on_exit, on_stopping=on_stopping)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -166,6 +166,16 @@ def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
     return False
 
 
+def test_closing_the_feed_ends_every_open_stream() -> None:
+    """The printer is stopping: its streams end at once, not at Gunicorn's graceful timeout."""
+    app = _sse_app(Store())
+    body = app.test_client().get("/api/events").iter_encoded()
+    assert b"event: reset" in next(body) and b"event: status" in next(body)
+    threading.Timer(0.1, api_events.close, args=(app,)).start()
+    rest = list(body)                    # returns only once the stream has ended
+    assert all(b"event: job" not in chunk for chunk in rest)
+
+
 def test_parse_sse() -> None:
     lines = ["id: e:1", "event: job", 'data: {"a":', "data: 1}", "", ": ping", "",
              "event: reset", "data: {}", ""]

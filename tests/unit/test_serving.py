@@ -34,3 +34,24 @@ def test_the_fair_worker_yields_after_every_request(monkeypatch: pytest.MonkeyPa
     with pytest.raises(OSError):
         worker.handle_request("fails")
     assert calls == ["request", "yield 0", "request", "yield 0"]
+
+
+def test_on_stopping_runs_on_sigterm_after_gunicorns_own_handler() -> None:
+    """Gunicorn has no hook for SIGTERM: `_on_sigterm` chains one after its handler."""
+    import os
+    import signal
+
+    from gotapi3dp.serving import _on_sigterm
+    calls: list[str] = []
+
+    class Worker:
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            calls.append("gunicorn")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        _on_sigterm(Worker(), lambda: calls.append("stopping"))
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert calls == ["gunicorn", "stopping"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
