@@ -116,4 +116,10 @@ def _typed(name: str, kind: str, value: Any) -> Any:
 
 @lru_cache(maxsize=256)
 def _pattern(pattern: str) -> "re.Pattern[str]":
+    r"""A Swagger `pattern` (ECMA-262 semantics) as a Python regex. Python's `$` also
+    matches before a final newline, so `^[0-9a-f]{32}$` let `<32 hex digits>
+` through to
+    the plug-in: a closing `$` becomes `\Z`, which means what `$` means in ECMA-262."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + "\\Z"
     return re.compile(pattern)

@@ -12,12 +12,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from .auth import AuthStore
 from .responses import CONTENT_TYPE
+
+
+NONCE_RE = re.compile(r"(?:[0-9a-fA-F]{2}){4,128}")   # 8-256 hex digits, whole bytes
+
+
+def valid_nonce(nonce: str) -> bool:
+    return NONCE_RE.fullmatch(nonce) is not None
 
 
 def sign(key: bytes, nonce_hex: str) -> str:
@@ -32,7 +40,8 @@ def init_app(app: Flask, auth: AuthStore) -> None:
             nonce = request.values.get("nonce") if origin is not None else None
         except HTTPException:  # an unreadable body was answered already
             return resp
-        if not nonce or origin is None or resp.content_type != CONTENT_TYPE:
+        if (not nonce or origin is None or resp.content_type != CONTENT_TYPE
+                or not valid_nonce(nonce)):   # a refused nonce (error 10) is not signed
             return resp
         key = auth.hmac_key(origin)
         if key is None:

@@ -22,6 +22,7 @@ from flask import Flask, Response, g, request
 from gotapi3dp.config import GotapiConfig
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 
+from .hmac_sign import valid_nonce
 from .params import read_body
 from .paths import API_METHODS, is_api_path
 
@@ -33,7 +34,6 @@ _PREFLIGHT_MAX_AGE = "600"
 _ALLOW_HEADERS = "Content-Type, X-GotAPI-Origin, Idempotency-Key"
 _LOOPBACK_WEB_ORIGIN = re.compile(
     r"^https?://(?:localhost|127\.0\.0\.1|\[::1\])(?::[0-9]{1,5})?$", re.IGNORECASE)
-_NONCE_RE = re.compile(r"^(?:[0-9a-fA-F]{2}){4,128}$")
 WEBSOCKET_PATH = "/gotapi/websocket"
 
 
@@ -59,7 +59,7 @@ def _header(name: str) -> str | None:
 
 def _single(name: str) -> str | None:
     value = _header(name)
-    if value is None:
+    if not value:                         # absent, or sent empty: not specified
         return None
     if not _ORIGIN_RE.fullmatch(value):   # also refuses a repeated header (comma-joined)
         raise P3DError(ErrorCode.INVALID_ORIGIN, f"{name} must hold exactly one origin.")
@@ -110,7 +110,7 @@ def init_app(app: Flask, config: GotapiConfig) -> None:
         if request.method != "GET":
             read_body()  # size-checked and cached before the form parser reads the stream
         nonce = request.values.get("nonce")
-        if nonce is not None and not _NONCE_RE.fullmatch(nonce):
+        if nonce is not None and not valid_nonce(nonce):
             raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER,
                            "nonce must be 8 to 256 hex digits.")
         return None

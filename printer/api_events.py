@@ -7,10 +7,11 @@ the position is unknown (printer restarted, gap beyond the buffer), it first get
 The printer's status (state, temperatures, jobId: what `GET /api/status` answers) rides on
 the same stream as `event: status`, with no id (it is a sample, not a change to replay):
 once when the stream opens, then whenever it differs from the last one sent, looked at
-after every job change and every STATUS_PERIOD s. A follower (the plug-in) then answers
-status from memory without asking the printer every second, which is how Moonraker feeds
-its clients (`notify_status_update`), not how a poller does. A comment line every
-KEEPALIVE s of silence keeps proxies and dead-peer detection honest.
+after every job change and every STATUS_PERIOD s, and again after KEEPALIVE s of silence.
+A follower (the plug-in) then answers status from memory without asking the printer every
+second, which is how Moonraker feeds its clients (`notify_status_update`), not how a poller
+does; and the re-sent status is the stream's keep-alive: a follower that hears nothing for
+a few seconds knows the printer stopped talking, and stops trusting what it remembers.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 
 from .events import FeedEvent, JobFeed
 
-KEEPALIVE = 10.0
+KEEPALIVE = 2.0
 STATUS_PERIOD = 1.0
 SNAPSHOT_JOBS = 20
 FEED = "printer_events"
@@ -67,14 +68,11 @@ def _stream(feed: JobFeed, after: int | None, jobs: Any, status: StatusFn) -> It
         if events:
             after = events[-1].seq
         now = status()
-        if now != sent:
+        if now != sent or time.monotonic() - last_write >= KEEPALIVE:
             sent = now
             out.append(status_sse(now))
         if out:
             yield "".join(out)
-            last_write = time.monotonic()
-        elif time.monotonic() - last_write >= KEEPALIVE:
-            yield ": keep-alive\n\n"
             last_write = time.monotonic()
 
 

@@ -77,7 +77,8 @@ def _check_path(profile: str, interface: str | None, attribute: str | None) -> N
 
 def idempotency_key(params: dict[str, Any]) -> str | None:
     """The request's idempotency key (header wins), or None; GET never has one."""
-    key = request.headers.get(IDEMPOTENCY_HEADER) or optional_str(params, "idempotencyKey")
+    header = request.headers.get(IDEMPOTENCY_HEADER)   # present but empty: refused below
+    key = header if header is not None else optional_str(params, "idempotencyKey")
     if key is None or request.method == "GET":
         return None
     if not _IDEMPOTENCY_RE.fullmatch(key):

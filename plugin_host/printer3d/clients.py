@@ -57,5 +57,5 @@ class PrinterClient:
     def resume(self, job_id: str) -> dict[str, Any]:
         return self._call("PUT", f"/api/jobs/{quote(job_id, safe='')}/resume")["job"]
 
-    def status(self) -> dict[str, Any]:
-        return self._call("GET", "/api/status")
+    def status(self, timeout: float | None = None) -> dict[str, Any]:
+        return self._call("GET", "/api/status", timeout=timeout)

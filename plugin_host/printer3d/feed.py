@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 0.25
 BACKOFF_MAX = 8.0
-READ_TIMEOUT = 35.0  # the printer sends a keep-alive comment every 10 s
+READ_TIMEOUT = 6.0  # the printer writes at least every 2 s (its status, as a keep-alive)
 
 OnJob = Callable[[str, dict[str, Any]], None]
 OnState = Callable[[str, bool], None]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,12 +36,21 @@ PROFILE = "printer3d"
 SPEC_PATH = Path(__file__).with_name("printer3d.json")
 IDENTITY_TIMEOUT = 1.5
 EVENT_ATTRIBUTE = "onJobChange"
-STATUS_TTL = 1.0  # s a status we asked for is served while the stream is live (pushed: always)
+STATUS_TTL = 1.0  # s a status we asked for is served while the stream is live
 STATUS_STALE_MAX = 3.0  # while one refresh is in flight, others get the cache up to this old
+# A pushed status is served until this old. The printer re-sends it after 2 s of silence
+# (api_events.KEEPALIVE), so only a printer that stopped talking lets it age past this.
+PUSHED_MAX_AGE = 5.0
+STATUS_TIMEOUT = 3.0  # s to wait for a printer's status: a cheap query, a hung printer is 16
 _JOB_KEYS = ("id", "state", "progress", "layer", "layers", "sliced", "error", "contentId",
              "createdAt", "updatedAt")
 
 Handler = Callable[[PrinterEntry, Intent], dict[str, Any]]
+
+
+# A key travels in an HTTP header: printable ASCII without spaces, or the header cannot
+# carry it (a non-Latin-1 key was an UNKNOWN error, a CR/LF one "contents unreachable").
+CONTENTS_KEY_RE = re.compile(r"[!-~]{1,256}")
 
 
 def _param(intent: Intent, name: str, pattern: Any = None) -> str:
@@ -130,7 +140,7 @@ class Printer3DPlugin(Plugin):
     def connect(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
         """Service Connecting (spec steps 2-5): get a secure token for printer + content."""
         content_id = _param(intent, "contentId", CONTENT_ID_RE)
-        contents_key = _param(intent, "contentsKey")
+        contents_key = _param(intent, "contentsKey", CONTENTS_KEY_RE)
         issued = self._contents.issue_token(contents_key, self._printer_id(printer), content_id)
         conn = self._connections.add(printer.service_id, intent.origin or "", issued["token"],
                                      issued["content"], float(issued["expiresAt"]))
@@ -180,7 +190,7 @@ class Printer3DPlugin(Plugin):
         with self._lock:
             generation = self._generation.get(sid, 0)
         try:
-            answer = _status_answer(self._clients[sid].status())
+            answer = _status_answer(self._clients[sid].status(timeout=STATUS_TIMEOUT))
         finally:
             with self._lock:
                 self._refreshing.discard(sid)
@@ -193,13 +203,14 @@ class Printer3DPlugin(Plugin):
         """A copy of the usable cache entry, or None; `refresh`: a None makes the caller
         the one refreshing it (the others get the stale entry meanwhile).
 
-        Usable only while the stream is live. A status the printer pushed stays usable (it
-        pushes every change within a second); one this plug-in asked for, from a printer
-        that does not push, for STATUS_TTL, or STATUS_STALE_MAX while a refresh runs."""
+        Usable only while the stream is live. A status the printer pushed, for
+        PUSHED_MAX_AGE (it pushes every change within a second, and re-sends it after 2 s of
+        silence); one this plug-in asked for (a printer that does not push), for STATUS_TTL,
+        or STATUS_STALE_MAX while a refresh runs."""
         with self._lock:
             entry = self._status.get(sid) if self._live.get(sid) else None
             age = time.monotonic() - entry.at if entry is not None else 0.0
-            if entry is not None and (entry.pushed or age < STATUS_TTL or (
+            if entry is not None and (age < (PUSHED_MAX_AGE if entry.pushed else STATUS_TTL) or (
                     sid in self._refreshing and age < STATUS_STALE_MAX)):
                 return dict(entry.answer)
             if refresh:
@@ -233,7 +244,7 @@ class Printer3DPlugin(Plugin):
             self._forget_status(service_id)
 
     def _on_status(self, service_id: str, status: dict[str, Any]) -> None:
-        """The printer pushed its status (it changed, or the stream just opened)."""
+        """The printer pushed its status (it changed, the stream just opened, or 2 s passed)."""
         try:
             answer = _status_answer(status)
         except (KeyError, TypeError):

@@ -195,3 +195,20 @@ def test_unexpected_error_is_1_without_traceback(tmp_path: Path) -> None:
     assert body["errorCode"] == 1
     assert "secret" not in resp.get_data(as_text=True)
     assert "Traceback" not in resp.get_data(as_text=True)
+
+
+def test_an_empty_origin_header_is_not_specified(tmp_path: Path) -> None:
+    body = make_app(tmp_path).test_client().get("/gotapi/availability",
+                                                headers={"Origin": ""}).get_json()
+    assert body["errorCode"] == 18 and body["errorMessage"] == "Origin is not specified."
+
+
+def test_an_empty_idempotency_key_header_is_10_not_ignored(tmp_path: Path) -> None:
+    bus = printer_bus(lambda i: i.response({"jobId": "j"}))
+    client = make_app(tmp_path, bus=bus).test_client()
+    token = get_token(client)
+    body = client.post("/gotapi/printer3d/print", headers={**HEADERS, "Idempotency-Key": ""},
+                       data={"serviceId": "printer-1.printer3d", "accessToken": token,
+                             "connectionId": "c"}).get_json()
+    assert body["errorCode"] == 10 and "idempotencyKey" in body["errorMessage"], body
+    assert not [i for i, _, _ in bus.sent if i.profile == "printer3d"]

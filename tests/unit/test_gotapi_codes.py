@@ -136,6 +136,16 @@ def test_8_unknown_interface(tmp_path: Path) -> None:
     ("POST", "/gotapi/printer3d/connect", {"contentId": "a b", "contentsKey": "k"}, "contentId"),
     ("POST", "/gotapi/printer3d/connect", {"contentId": "abc"}, "contentsKey"),
     ("POST", "/gotapi/printer3d/print", {"connectionId": "c" * 129}, "connectionId"),
+    # Python's `$` matches before a final newline; a Swagger (ECMA) pattern's does not
+    ("GET", "/gotapi/printer3d/job", {"jobId": "0" * 32 + "\n"}, "jobId"),
+    ("POST", "/gotapi/printer3d/connect", {"contentId": "abc\n", "contentsKey": "k"}, "contentId"),
+    # a key must fit in an HTTP header as it is
+    ("POST", "/gotapi/printer3d/connect", {"contentId": "abc", "contentsKey": "\u65e5\u672c"},
+     "contentsKey"),
+    ("POST", "/gotapi/printer3d/connect", {"contentId": "abc", "contentsKey": " "}, "contentsKey"),
+    ("POST", "/gotapi/printer3d/connect", {"contentId": "abc", "contentsKey": "k "}, "contentsKey"),
+    ("POST", "/gotapi/printer3d/connect", {"contentId": "abc", "contentsKey": "a\r\nX-Foo: 1"},
+     "contentsKey"),
 ])
 def test_10_invalid_parameter_names_it(tmp_path: Path, method: str, path: str,
                                        params: dict[str, str], name: str) -> None:

@@ -135,6 +135,16 @@ def test_nonce_gets_hmac_of_the_registered_key(tmp_path: Path) -> None:
     assert "hmac" not in client.get("/gotapi/availability", headers=HEADERS).get_json()
 
 
+@pytest.mark.parametrize("nonce", ["a" * 258, "abc", "0a0b0c", "0a0b0c0d\n"])
+def test_a_refused_nonce_is_not_signed(tmp_path: Path, nonce: str) -> None:
+    """Too long, odd, too short, a trailing newline: 10, and no `hmac` over it."""
+    client = make_app(tmp_path).test_client()
+    client.get("/gotapi/availability", headers=HEADERS, query_string={"key": "ab" * 32})
+    body = client.get("/gotapi/availability", headers=HEADERS,
+                      query_string={"nonce": nonce}).get_json()
+    assert body["errorCode"] == 10 and "hmac" not in body, body
+
+
 @pytest.mark.parametrize("query,code", [({"key": "zz"}, 10), ({"key": "ab" * 8}, 10),
                                         ({"nonce": "not-hex"}, 10)])
 def test_bad_key_or_nonce_is_10(tmp_path: Path, query: dict[str, str], code: int) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from flask import Flask
 
 from gotapi3dp.config import PrinterEntry
@@ -99,10 +100,10 @@ def test_events_endpoint_snapshot_then_changes_and_resume() -> None:
     resumed.close()
 
 
-def test_status_is_pushed_on_change_only_without_an_id(monkeypatch) -> None:
-    """The printer's status rides on the stream: once at the start, then only when it
-    differs (looked at every STATUS_PERIOD and after job changes); never with an `id:`, so
-    a reader's resume position stays on the job changes."""
+def test_status_is_pushed_on_change_and_as_keep_alive_without_an_id(monkeypatch) -> None:
+    """The printer's status rides on the stream: once at the start, then when it differs
+    (looked at every STATUS_PERIOD and after job changes), and again after KEEPALIVE of
+    silence; never with an `id:`, so a reader's resume position stays on the job changes."""
     monkeypatch.setattr(api_events, "STATUS_PERIOD", 0.02)
     monkeypatch.setattr(api_events, "KEEPALIVE", 0.1)
     store, status = Store(), dict(IDLE)
@@ -111,7 +112,7 @@ def test_status_is_pushed_on_change_only_without_an_id(monkeypatch) -> None:
     body = app.test_client().get("/api/events", headers={"Last-Event-ID": "x:0"}).iter_encoded()
     chunks = [next(body).decode() for _ in range(2)]
     assert "event: reset" in chunks[0] and chunks[1].startswith("event: status\ndata: ")
-    assert next(body).decode() == ": keep-alive\n\n"            # unchanged: nothing but that
+    assert next(body).decode() == chunks[1]                     # unchanged: the keep-alive
     status["temperatures"] = {"hotend": {"actual": 80.0, "target": 210.0}}
     pushed = next(body).decode()
     assert pushed.startswith("event: status\n") and "id:" not in pushed
@@ -213,7 +214,7 @@ def test_status_is_cached_only_while_the_stream_is_live() -> None:
     calls: list[int] = []
 
     class Client:
-        def status(self) -> dict[str, Any]:
+        def status(self, timeout: float | None = None) -> dict[str, Any]:
             calls.append(1)
             return {"state": "idle", "temperatures": {}}
     plugin._clients["printer-1"] = Client()  # type: ignore[assignment]
@@ -237,7 +238,7 @@ class CountingClient:
         self.calls = 0
         self.during = during
 
-    def status(self) -> dict[str, Any]:
+    def status(self, timeout: float | None = None) -> dict[str, Any]:
         self.calls += 1
         if self.during is not None:
             self.during()
@@ -247,7 +248,7 @@ class CountingClient:
 STATUS = Intent(Action.GET, profile="printer3d", attribute="status", service_id="printer-1")
 
 
-def test_a_pushed_status_is_answered_from_memory_however_old(monkeypatch) -> None:
+def test_a_pushed_status_is_answered_from_memory_while_the_printer_talks(monkeypatch) -> None:
     from plugin_host.printer3d import plugin as p3d
     plugin, _ = _plugin()
     client = CountingClient()
@@ -269,6 +270,10 @@ def test_a_pushed_status_is_answered_from_memory_however_old(monkeypatch) -> Non
     plugin._on_live("printer-1", False)
     plugin._on_live("printer-1", True)
     assert plugin.answer_now(STATUS) is None                 # a new stream starts empty
+    plugin._on_status("printer-1", {"state": "idle", "temperatures": {"pushed": 3}})
+    assert plugin.answer_now(STATUS) is not None
+    monkeypatch.setattr(p3d, "PUSHED_MAX_AGE", 0.0)          # the printer fell silent
+    assert plugin.answer_now(STATUS) is None
 
 
 def test_an_asked_status_overtaken_on_its_way_is_not_cached() -> None:
@@ -283,6 +288,29 @@ def test_an_asked_status_overtaken_on_its_way_is_not_cached() -> None:
     client.during = None
     plugin.handle(STATUS)
     assert plugin.answer_now(STATUS) is not None and client.calls == 2
+
+
+def test_a_hung_printer_makes_status_fail_fast_not_after_the_http_timeout(monkeypatch) -> None:
+    """A printer that accepts and never answers (frozen, partitioned): status is 16 (the
+    printer is offline) after STATUS_TIMEOUT, not after the plug-in's 20 s HTTP timeout."""
+    import socket
+    import time
+
+    from gotapi3dp.wire.errors import P3DError
+    from plugin_host.printer3d import plugin as p3d
+    from plugin_host.printer3d.clients import PrinterClient
+    monkeypatch.setattr(p3d, "STATUS_TIMEOUT", 0.3)
+    plugin, _ = _plugin()
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(4)                   # the kernel accepts; nobody ever reads or answers
+        plugin._clients["printer-1"] = PrinterClient(  # type: ignore[assignment]
+            f"http://127.0.0.1:{hung.getsockname()[1]}", "key", 20.0)
+        started = time.monotonic()
+        with pytest.raises(P3DError) as caught:
+            plugin.handle(STATUS)
+    assert caught.value.code == ErrorCode.ILLEGAL_DEVICE_STATE
+    assert time.monotonic() - started < 10.0
 
 
 def test_listeners_follow_put_delete_and_disconnect() -> None:

@@ -471,7 +471,7 @@ def test_printer3d_status_fast_path_and_one_refresh_at_a_time(monkeypatch) -> No
     release, calls = threading.Event(), []
 
     class Client:
-        def status(self) -> dict[str, Any]:
+        def status(self, timeout: float | None = None) -> dict[str, Any]:
             calls.append(1)
             if len(calls) > 1:
                 release.wait(5)
