@@ -59,12 +59,23 @@ def _body() -> dict[str, Any]:
     if request.is_json:
         return _json_body()
     raw = read_body()  # cached: the form parser reads it from there
+    if request.mimetype == "application/x-www-form-urlencoded" and not _utf8(raw):
+        # werkzeug's parser would drop the whole form without a word (then: "token missing")
+        raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER, "Body is not valid UTF-8.")
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         return request.form.to_dict()
     if raw.strip():
         raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER,
                        f"Unsupported body type {request.mimetype or 'none'}.")
     return {}
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def request_params() -> dict[str, Any]:

@@ -212,3 +212,13 @@ def test_an_empty_idempotency_key_header_is_10_not_ignored(tmp_path: Path) -> No
                              "connectionId": "c"}).get_json()
     assert body["errorCode"] == 10 and "idempotencyKey" in body["errorMessage"], body
     assert not [i for i, _, _ in bus.sent if i.profile == "printer3d"]
+
+
+def test_a_form_body_that_is_not_utf8_is_10_not_a_missing_token(tmp_path: Path) -> None:
+    client = make_app(tmp_path).test_client()
+    token = get_token(client)
+    body = client.post("/gotapi/printer3d/connect", headers=HEADERS,
+                       content_type="application/x-www-form-urlencoded",
+                       data=(f"serviceId=printer-1.printer3d&accessToken={token}"
+                             "&contentId=ab&contentsKey=\xff").encode("latin-1")).get_json()
+    assert body["errorCode"] == 10 and body["errorMessage"] == "Body is not valid UTF-8.", body
