@@ -36,9 +36,14 @@ _HTTP_TO_CODE = {
 }
 
 
+def json_bytes(body: dict[str, Any]) -> bytes:
+    """`body` as the bytes of a GotAPI answer (compact UTF-8 JSON). Also used by the gevent
+    worker for the errors Gunicorn answers before the app runs."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
 def json_response(body: dict[str, Any], status: int = 200) -> Response:
-    data = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return Response(data, status=status, content_type=CONTENT_TYPE)
+    return Response(json_bytes(body), status=status, content_type=CONTENT_TYPE)
 
 
 def ok(**fields: Any) -> Response:

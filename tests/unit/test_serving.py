@@ -55,3 +55,80 @@ def test_on_stopping_runs_on_sigterm_after_gunicorns_own_handler() -> None:
         assert calls == ["gunicorn", "stopping"]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _gunicorn_handle_error(exc: BaseException) -> tuple[bytes, list[str]]:
+    """What the fair worker's handle_error writes to the client, and what it logs."""
+    import socket
+
+    from gunicorn.config import Config as GunicornConfig
+
+    logged: list[str] = []
+
+    class Log:
+        def warning(self, msg: str, *args: Any) -> None:
+            logged.append(msg % args if args else msg)
+
+        def exception(self, msg: str, *args: Any) -> None:
+            logged.append(msg % args if args else msg)
+
+        def debug(self, msg: str, *args: Any) -> None:
+            logged.append("debug: " + msg)
+
+    worker = object.__new__(gevent_worker.FairGeventWorker)
+    worker.log = Log()
+    worker.cfg = GunicornConfig()
+    server, client = socket.socketpair()
+    with server, client:
+        worker.handle_error(None, server, ("127.0.0.1", 5), exc)
+        server.close()
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    return answer, logged
+
+
+def _parse(answer: bytes) -> tuple[str, dict[str, str], dict[str, Any]]:
+    import json
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    assert int(headers["content-length"]) == len(body)
+    return lines[0], headers, json.loads(body)
+
+
+@pytest.mark.parametrize("exc, status_line, code, message", [
+    (lambda e: e.LimitRequestLine(9036, 8190), "HTTP/1.1 414 URI Too Long", 1003,
+     "Request line is too large (9036 > 8190 bytes)."),
+    (lambda e: e.LimitRequestHeaders("limit request headers fields size"),
+     "HTTP/1.1 431 Request Header Fields Too Large", 1003,
+     "A request header field is too large (over 8190 bytes)."),
+    (lambda e: e.LimitRequestHeaders("limit request headers fields"),
+     "HTTP/1.1 431 Request Header Fields Too Large", 1003,
+     "Too many request header fields (over 100)."),
+    (lambda e: e.InvalidRequestLine("GARBAGE"), "HTTP/1.1 400 Bad Request", 10,
+     "Malformed request: Invalid HTTP request line: 'GARBAGE'"),
+    (lambda e: e.InvalidHeaderName("Bad Name"), "HTTP/1.1 400 Bad Request", 10,
+     "Malformed request: Invalid HTTP header name: 'Bad Name'"),
+    (lambda e: RuntimeError("secret detail"), "HTTP/1.1 500 Internal Server Error", 1,
+     "Unknown error was encountered."),
+])
+def test_gunicorn_refusals_are_answered_in_gotapi_json(exc: Any, status_line: str, code: int,
+                                                       message: str) -> None:
+    from gunicorn.http import errors
+    answer, logged = _gunicorn_handle_error(exc(errors))
+    line, headers, body = _parse(answer)
+    assert line == status_line                                # Gunicorn's own status line
+    assert headers["content-type"] == "application/json; charset=UTF-8"
+    assert headers["connection"] == "close"
+    assert body == {"result": 1, "product": "gotapi-3dp", "version": body["version"],
+                    "errorCode": code, "errorMessage": message}
+    assert b"<html" not in answer
+    assert logged and not logged[0].startswith("debug")      # Gunicorn still logs it
+
+
+def test_a_long_malformed_request_line_is_not_echoed_whole() -> None:
+    from gunicorn.http.errors import InvalidRequestLine
+    answer, _ = _gunicorn_handle_error(InvalidRequestLine("x" * 5000))
+    message = _parse(answer)[2]["errorMessage"]
+    assert len(message) < 300 and message.endswith("...")
