@@ -56,19 +56,33 @@ def contents_call(up: dict[str, Any], method: str, path: str, **kwargs: Any) -> 
                 headers={"X-Api-Key": up["contentsKey"]}, **kwargs)
 
 
-def _emit(args: Any, rows: list[dict[str, Any]], columns: list[tuple[str, str]], title: str) -> None:
+def _emit(args: Any, rows: list[dict[str, Any]], columns: list[tuple[str, str]], title: str,
+          table_rows: list[dict[str, Any]] | None = None) -> None:
+    """`rows` as JSON (`--json`), else `table_rows` (default `rows`) as a table of `columns`.
+    Id columns (key `id` or `...Id`) are never cut, so an id can be pasted into a command:
+    they keep the width of their longest value. Other columns fold, down to one character;
+    nothing is elided. A terminal too narrow even for that gets a wider table."""
     if args.json:
         print(json.dumps(rows, indent=1))
         return
+    from rich.cells import cell_len
     from rich.table import Table
 
     from .console import console
+    shown = rows if table_rows is None else table_rows
+    cells = [[_cell(row.get(key)) for key, _ in columns] for row in shown]
     table = Table(title=title, title_justify="left")
-    for _, header in columns:
-        table.add_column(header)
-    for row in rows:
-        table.add_row(*(_cell(row.get(key)) for key, _ in columns))
-    console(highlight=False).print(table if rows else f"{title}: none")
+    needed = 1                                          # the left border
+    for index, (key, header) in enumerate(columns):
+        is_id = key == "id" or key.endswith("Id")
+        least = max([cell_len(header), *(cell_len(line[index]) for line in cells)]) if is_id else 1
+        table.add_column(header, no_wrap=is_id, min_width=least, overflow="fold")
+        needed += least + 3                             # padding each side, right border
+    for line in cells:
+        table.add_row(*line)
+    out = console(highlight=False)
+    out.width = max(out.width, needed)
+    out.print(table if shown else f"{title}: none", crop=False)
 
 
 def _cell(value: Any) -> str:
@@ -107,11 +121,10 @@ def cmd_jobs(args: Any, config: Config) -> int:
     jobs = call(requests.Session(), "GET", f"{up['printer'].rstrip('/')}/api/jobs",
                 unavailable=ErrorCode.PRINTER_UNAVAILABLE, headers={"X-Api-Key": key})["jobs"]
     rows = [{k: v for k, v in job.items() if k != "stats"} for job in jobs]
-    for row in rows:
-        row["errorText"] = _error_text(row.get("error"))
+    table_rows = [{**row, "errorText": _error_text(row.get("error"))} for row in rows]
     _emit(args, rows, [("id", "job id"), ("state", "state"), ("progress", "progress %"),
                        ("layers", "layers"), ("contentId", "content"), ("errorText", "error")],
-          "jobs")
+          "jobs", table_rows)
     return EXIT_OK
 
 

@@ -65,11 +65,13 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 def cmd_bus_tap(args: argparse.Namespace, config: Config) -> int:
     from gotapi_server.tap import tap
     endpoint = args.endpoint or config.gotapi.tap_endpoint
-    if not args.json:
-        print(f"tapping {endpoint} (Ctrl-C to stop)", file=sys.stderr)
+
+    def banner() -> None:
+        if not args.json:
+            print(f"tapping {endpoint} (Ctrl-C to stop)", file=sys.stderr)
     try:
         tap(endpoint, args.json, sys.stdout, limit=args.count, profile=args.profile,
-            service=args.service)
+            service=args.service, connected=banner)
     except KeyboardInterrupt:
         pass
     return EXIT_OK
@@ -308,6 +310,25 @@ def cmd_job_resume(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+TAP_DESCRIPTION = (
+    "Decode and print every Intent on the bus, live, secrets redacted. A REPLY shows "
+    "latency=...ms (latencyMs with --json): the time between this tap receiving the REQUEST "
+    "and receiving its REPLY, by this process's clock. It includes the tap's own scheduling "
+    "and delivery delays, so two taps can show different latencies for the same request; it "
+    "is not measured by the bus.")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an int > 0 (`--count 0` would stop before the first frame)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0                           # not an int at all: the same message
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gotapi-3dp", description=(
         "Authenticated 3D printing over OMA GotAPI: a GotAPI server, a ZeroMQ intent bus, a 3D "
@@ -328,11 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     bus = sub.add_parser("bus", help="intent bus tools").add_subparsers(dest="bus_command", required=True)
-    p = bus.add_parser("tap", help="decode and print every Intent on the bus, live")
+    p = bus.add_parser("tap", help="decode and print every Intent on the bus, live",
+                       description=TAP_DESCRIPTION)
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.add_argument("--endpoint", help="tap endpoint (default: gotapi.tap_endpoint)")
-    p.add_argument("--count", type=int, help="stop after this many frames")
-    p.add_argument("--profile", help="only Intents of this profile")
+    p.add_argument("--count", type=_positive_int, help="stop after this many frames")
+    p.add_argument("--profile", help="only Intents of this profile, and lifecycle notices to "
+                   "every plug-in (EVENT_TRANSMIT_DISCONNECT...), which have no profile")
     p.add_argument("--service", help="only Intents of this serviceId (local or public)")
     p.set_defaults(func=cmd_bus_tap)
 

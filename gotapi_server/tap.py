@@ -6,10 +6,14 @@ at once, so an untapped bus pays one non-blocking send per frame). We decode bod
 shared decoders (Intent, READY announce) and print one line, or one JSON object, per frame.
 A frame that does not decode is printed as such; nothing here trusts the bytes.
 
-Each REPLY carries `latencyMs`, the time since the REQUEST with its requestCode went out.
+Each REPLY carries `latencyMs`: the time between this tap receiving the REQUEST with its
+requestCode and receiving the REPLY, by the tap's own clock. It includes the tap's own
+scheduling and delivery delays, so two taps can show different latencies for the same request.
 `--profile` and `--service` keep only Intents of that profile / serviceId (local or public
-id). Secrets never reach the screen: access tokens, sealed tokens (`p3t1.`...), contents
-keys and any `*token`/`*key` parameter are shown as `<redacted N chars sha256:xxxxxxxx>`.
+id); `--profile` also keeps lifecycle notices (EVENT_TRANSMIT_DISCONNECT...), which have no
+profile and go to every plug-in. Secrets never reach the screen: access tokens, sealed tokens
+(`p3t1.`...), contents keys and any `*token`/`*key` parameter are shown as
+`<redacted N chars sha256:xxxxxxxx>`.
 """
 from __future__ import annotations
 
@@ -19,18 +23,22 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import zmq
 
+from gotapi3dp.config import ConfigError
 from gotapi3dp.wire.busproto import COMMAND_NAMES, PROTOCOL, READY, decode_announce
-from gotapi3dp.wire.intent import IntentError, decode
+from gotapi3dp.wire.intent import REQUEST_ACTIONS, Action, IntentError, decode
 from gotapi3dp.wire.token import TOKEN_PREFIX
 
 POLL_MS = 100
 RC_PREFIX = 8  # hex digits of the requestCode shown in a line
 MAX_OPEN_REQUESTS = 10_000  # requestCodes remembered for latency
 _SECRET_NAMES = ("accesstoken", "contentskey", "token", "apikey", "key", "secret")
+# Notices to every plug-in (Device Connect's lifecycle): no profile, so no profile to filter by.
+_LIFECYCLE = frozenset(a.value for a in Action
+                       if a not in REQUEST_ACTIONS and a not in (Action.RESPONSE, Action.EVENT))
 
 
 def redact_value(value: str) -> str:
@@ -67,13 +75,21 @@ class Filter:
         intent = record.get("intent")
         if intent is None:
             return False
-        if self.profile is not None and intent.get("profile", "").lower() != self.profile.lower():
+        if self.profile is not None and not _of_profile(intent, self.profile):
             return False
         if self.service is not None:
             local = intent.get("serviceId")
             public = f"{local}.{intent.get('pluginId')}"
             return self.service in (local, public)
         return True
+
+
+def _of_profile(intent: dict[str, Any], profile: str) -> bool:
+    """Whether `intent` is of `profile`, or a lifecycle notice to every plug-in (no profile)."""
+    own = intent.get("profile", "")
+    if not own and intent.get("action") in _LIFECYCLE:
+        return True
+    return bool(own.lower() == profile.lower())
 
 
 @dataclass
@@ -99,16 +115,17 @@ class Latency:
 
 def tap(endpoint: str, as_json: bool, out: TextIO, stop: threading.Event | None = None,
         limit: int | None = None, profile: str | None = None,
-        service: str | None = None) -> int:
-    """Print frames until `stop` is set, `limit` frames were printed or Ctrl-C; exit status 0."""
+        service: str | None = None, connected: Callable[[], None] | None = None) -> int:
+    """Print frames until `stop` is set, `limit` frames were printed or Ctrl-C; exit status 0.
+    `connected` is called once the endpoint is accepted; a bad one raises ConfigError."""
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(endpoint)
     count = 0
     keep, latency = Filter(profile, service), Latency()
     try:
+        _subscribe(sub, endpoint)
+        if connected is not None:
+            connected()
         while (stop is None or not stop.is_set()) and (limit is None or count < limit):
             if not sub.poll(POLL_MS):
                 continue
@@ -125,6 +142,16 @@ def tap(endpoint: str, as_json: bool, out: TextIO, stop: threading.Event | None 
         sub.close(linger=0)
         ctx.term()
     return 0
+
+
+def _subscribe(sub: zmq.Socket, endpoint: str) -> None:
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    try:
+        sub.connect(endpoint)
+    except zmq.ZMQError as exc:
+        raise ConfigError(f"cannot tap {endpoint!r}: {zmq.strerror(exc.errno)} "
+                          "(an endpoint is like tcp://127.0.0.1:4041)") from None
 
 
 def describe(frames: list[bytes], when: float) -> dict[str, Any]:
@@ -166,6 +193,8 @@ def format_line(record: dict[str, Any]) -> str:
             parts.append(f"plugin={intent['pluginId']}")
         if "serviceId" in intent:
             parts.append(f"serviceId={intent['serviceId']}")
+        if intent.get("origin"):
+            parts.append(f"origin={_shown(intent['origin'])}")
         parts.append(f"rc={intent['requestCode'][:RC_PREFIX]}")
         if "result" in intent:
             parts.append(f"result={intent['result']}")
@@ -190,6 +219,11 @@ def _announce_map(body: bytes) -> dict[str, Any]:
             entry["apis"] = sorted(entry["apis"])
         plugins.append(entry)
     return {"hostId": announce.host_id, "plugins": plugins}
+
+
+def _shown(text: str) -> str:
+    """`text` as is, or quoted when it has spaces or characters a terminal would act on."""
+    return text if text.isprintable() and " " not in text else repr(text)
 
 
 def _text(raw: bytes) -> str:

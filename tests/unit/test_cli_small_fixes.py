@@ -1,6 +1,7 @@
 """Small command-line defects: a missing model file, a closed stdout pipe, a stray blank line."""
 from __future__ import annotations
 
+import json
 import os
 import select
 import subprocess
@@ -155,3 +156,58 @@ def test_slice_output_starts_with_the_summary(tmp_path: Path) -> None:
               "--set", "layer_height=0.3")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"{gcode}: ")
+
+
+# -- jobs: ids are never cut, --json is the printer's jobs as they are ---------------------------
+JOBS = [{"id": f"8e8ac0f613d8c23{i:017x}", "state": state, "progress": 42.5, "layer": 3,
+         "layers": 120, "sliced": 120, "contentId": f"Kq3v_{i}xY8sPzR-2mWnT7bLcD",
+         "createdAt": 1_700_000_000.0, "updatedAt": 1_700_000_100.0,
+         "stats": {"linesSent": 9, "resends": 0, "checksumErrors": 0, "printSeconds": 1.5},
+         **({"error": {"code": 3004, "name": "PRINTER_FAULT",
+                       "message": "thermal runaway on the hotend heater"}} if i else {})}
+        for i, state in enumerate(("printing", "interrupted", "failed"))]
+
+JOBS_TABLE = """
+import sys
+from gotapi3dp import app_cli, cli
+app_cli.load_up = lambda config: {{"printer": "http://127.0.0.1:9", "dataDir": {data_dir!r}}}
+app_cli.call = lambda *args, **kwargs: {{"jobs": {jobs!r}}}
+sys.exit(cli.main(["--data-dir", {data_dir!r}, "jobs"]))
+"""
+
+
+def _jobs_data_dir(tmp_path: Path) -> Path:
+    data_dir = tmp_path / "d"
+    (data_dir / "printer").mkdir(parents=True)
+    (data_dir / "printer" / "api.key").write_text("k" * 32)
+    return data_dir
+
+
+@pytest.mark.parametrize("columns", ["80", "60", "200"])
+def test_jobs_table_never_cuts_an_id(tmp_path: Path, columns: str) -> None:
+    """`gotapi-3dp jobs` at 80 columns, or into a pipe: every id whole, to paste into
+    `gotapi-3dp job resume JOB_ID`; the other columns fold, nothing is elided."""
+    data_dir = _jobs_data_dir(tmp_path)
+    out = subprocess.run([sys.executable, "-c", JOBS_TABLE.format(data_dir=str(data_dir),
+                                                                  jobs=JOBS)],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COLUMNS": columns, "TERM": "dumb"})
+    assert out.returncode == 0, out.stderr
+    assert "…" not in out.stdout
+    for job in JOBS:
+        assert job["id"] in out.stdout and job["contentId"] in out.stdout
+    if columns == "200":                                # room for the error text unfolded
+        assert "PRINTER_FAULT: thermal runaway" in out.stdout
+
+
+def test_jobs_json_is_the_printers_jobs_without_stats(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    data_dir = _jobs_data_dir(tmp_path)
+    monkeypatch.setattr(app_cli, "load_up", lambda config: {"printer": "http://127.0.0.1:9",
+                                                            "dataDir": str(data_dir)})
+    monkeypatch.setattr(app_cli, "call", lambda *args, **kwargs: {"jobs": JOBS})
+    assert cli.main(["--data-dir", str(data_dir), "jobs", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == [{k: v for k, v in job.items() if k != "stats"} for job in JOBS]
+    assert all("errorText" not in job for job in shown)
