@@ -356,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=_positive_int, help="stop after this many frames")
     p.add_argument("--profile", help="only Intents of this profile, and lifecycle notices to "
                    "every plug-in (EVENT_TRANSMIT_DISCONNECT...), which have no profile")
-    p.add_argument("--service", help="only Intents of this serviceId (local or public)")
+    p.add_argument("--service", help="only Intents of this serviceId (local or public), and "
+                   "lifecycle notices to every plug-in, which have no serviceId")
     p.set_defaults(func=cmd_bus_tap)
 
     p = sub.add_parser("slice", help="slice a model (STL, OBJ, 3MF) to G-code")

@@ -10,8 +10,8 @@ Each REPLY carries `latencyMs`: the time between this tap receiving the REQUEST 
 requestCode and receiving the REPLY, by the tap's own clock. It includes the tap's own
 scheduling and delivery delays, so two taps can show different latencies for the same request.
 `--profile` and `--service` keep only Intents of that profile / serviceId (local or public
-id); `--profile` also keeps lifecycle notices (EVENT_TRANSMIT_DISCONNECT...), which have no
-profile and go to every plug-in. Secrets never reach the screen: access tokens, sealed tokens
+id); both keep lifecycle notices (EVENT_TRANSMIT_DISCONNECT...), which have no profile or
+service and go to every plug-in. Secrets never reach the screen: access tokens, sealed tokens
 (`p3t1.`...), contents keys and any `*token`/`*key` parameter are shown as
 `<redacted N chars sha256:xxxxxxxx>`.
 """
@@ -36,7 +36,7 @@ POLL_MS = 100
 RC_PREFIX = 8  # hex digits of the requestCode shown in a line
 MAX_OPEN_REQUESTS = 10_000  # requestCodes remembered for latency
 _SECRET_NAMES = ("accesstoken", "contentskey", "token", "apikey", "key", "secret")
-# Notices to every plug-in (Device Connect's lifecycle): no profile, so no profile to filter by.
+# Notices to every plug-in (Device Connect's lifecycle): no profile or service to filter by.
 _LIFECYCLE = frozenset(a.value for a in Action
                        if a not in REQUEST_ACTIONS and a not in (Action.RESPONSE, Action.EVENT))
 
@@ -75,7 +75,9 @@ class Filter:
         intent = record.get("intent")
         if intent is None:
             return False
-        if self.profile is not None and not _of_profile(intent, self.profile):
+        if _lifecycle(intent):          # to every plug-in: no profile or service to filter by
+            return True
+        if self.profile is not None and intent.get("profile", "").lower() != self.profile.lower():
             return False
         if self.service is not None:
             local = intent.get("serviceId")
@@ -84,12 +86,9 @@ class Filter:
         return True
 
 
-def _of_profile(intent: dict[str, Any], profile: str) -> bool:
-    """Whether `intent` is of `profile`, or a lifecycle notice to every plug-in (no profile)."""
-    own = intent.get("profile", "")
-    if not own and intent.get("action") in _LIFECYCLE:
-        return True
-    return bool(own.lower() == profile.lower())
+def _lifecycle(intent: dict[str, Any]) -> bool:
+    """A lifecycle notice (EVENT_TRANSMIT_DISCONNECT...): it has no profile and no service."""
+    return not intent.get("profile") and intent.get("action") in _LIFECYCLE
 
 
 @dataclass

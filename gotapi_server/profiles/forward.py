@@ -67,8 +67,8 @@ def call_plugin(intent: Intent, plugin: PluginLike) -> Response:
 
 def _check_path(profile: str, interface: str | None, attribute: str | None) -> None:
     for name in (profile, interface, attribute):
-        if name is not None and not _NAME_RE.fullmatch(name):
-            raise P3DError(ErrorCode.INVALID_URL)
+        if name is not None and (not _NAME_RE.fullmatch(name) or not name.strip(".")):
+            raise P3DError(ErrorCode.INVALID_URL)   # dots alone (`..`) are a path, no name
     if profile in SYSTEM_PROFILE_KEYS:  # a system profile with an attribute it lacks
         raise P3DError(ErrorCode.NOT_SUPPORT_ATTRIBUTE)
     if profile == WEBSOCKET_PROFILE:  # GotAPI-5 lives there, for WebSocket upgrades only

@@ -224,6 +224,9 @@ def test_19_invalid_url(tmp_path: Path) -> None:
     client, token, _ = _app(tmp_path)
     assert _code(_call(client, "GET", "/gotapi/printer3d/a/b/c", token)) == 19
     assert _code(_call(client, "GET", "/gotapi//status", token)) == 19
+    for dots in ("%2e%2e", ".", "..."):                # a path segment, not a name
+        assert _code(_call(client, "GET", f"/gotapi/printer3d/{dots}/status", token,
+                           serviceId=SERVICE)) == 19, dots
 
 
 def test_unexpected_server_errors_are_1(tmp_path: Path) -> None:

@@ -65,8 +65,11 @@ def test_a_line_without_origin_has_no_origin_field() -> None:
 
 @pytest.mark.parametrize("action", [Action.EVENT_TRANSMIT_DISCONNECT, Action.MANAGER_LAUNCHED,
                                     Action.MANAGER_TERMINATED, Action.PLUGIN_RESET])
-def test_lifecycle_notices_to_every_plugin_pass_a_profile_filter(action: Action) -> None:
+def test_lifecycle_notices_to_every_plugin_pass_profile_and_service_filters(action: Action) -> None:
     assert Filter(profile="printer3d").keeps(_tapped(Intent(action, origin=ORIGIN)))
+    assert Filter(service="printer-1").keeps(_tapped(Intent(action, origin=ORIGIN)))
+    assert Filter(profile="printer3d", service="printer-1.printer3d").keeps(
+        _tapped(Intent(action, origin=ORIGIN)))
 
 
 def test_a_profile_filter_still_drops_other_profiles() -> None:
@@ -75,6 +78,9 @@ def test_a_profile_filter_still_drops_other_profiles() -> None:
     assert not keep.keeps(_tapped(Intent(Action.GET)))          # a request with no profile
     assert not keep.keeps(_tapped(Intent(Action.EVENT_TRANSMIT_DISCONNECT, profile="echo")))
     assert keep.keeps(_tapped(Intent(Action.GET, profile="Printer3D", attribute="status")))
+    other = Filter(service="printer-1")
+    assert not other.keeps(_tapped(Intent(Action.GET, profile="printer3d", service_id="printer-2",
+                                          plugin_id="printer3d")))
 
 
 # -- D12: what the latency is --------------------------------------------------------------------
