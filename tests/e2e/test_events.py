@@ -49,6 +49,8 @@ def close(ws: simple_websocket.Client) -> None:
         ws.close()
     except simple_websocket.ConnectionClosed:
         pass  # the server closed it first (after an error answer)
+    except OSError:
+        pass  # ...and the client's reader thread closed the socket before `connected` said so
 
 
 class Listener:
