@@ -382,14 +382,7 @@ def _describe_group(group: int) -> str:
         members = [pid for pid, _ in _group_members(group)]
     except OSError:
         return f"process group {group}"
-    names = []
-    for pid in members:
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-                errors="replace").strip()
-        except OSError:
-            cmd = "?"
-        names.append(f"{pid} ({cmd[:80]})")
+    names = [f"{pid} ({' '.join(_cmdline(pid) or ['?'])[:80]})" for pid in members]
     return ", ".join(names) or f"process group {group}"
 
 
