@@ -27,6 +27,12 @@ also drifts by 20-30 % within a minute without any steal showing, so the best ro
 paths may come from different minutes: with several rounds the script also prints the median
 over rounds of each round's own bus/direct ratio (the two paths run back to back in a
 round, so a slow minute slows both) and the median p99 of each path.
+
+It also prints the CPU time (user + system, from /proc) each path's server processes spent
+per request: the GotAPI server's own (the gunicorn worker, with ZeroMQ's I/O thread on the
+bus path), and on the bus path the other processes' (plug-in host, printer, supervisor).
+A slow minute changes it far less than it changes requests/s, so it is the figure to
+compare two versions of the code by; `bus - direct` is what the bus costs the GotAPI server.
 """
 from __future__ import annotations
 
@@ -277,6 +283,48 @@ def cpu_ticks() -> tuple[int, int]:
     return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
 
 
+def descendants(root: int) -> list[int]:
+    """`root` and every process below it (from /proc; [] where /proc is absent)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stat = entry.read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found if Path(f"/proc/{root}").exists() else []
+
+
+def role_of(pid: int) -> str:
+    """Which part a process of `gotapi-3dp up` is ("gotapi", "plugin-host", ...)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    if b"serve" in argv and argv.index(b"serve") + 1 < len(argv):
+        return argv[argv.index(b"serve") + 1].decode()
+    return "supervisor"
+
+
+def cpu_seconds(pids: dict[int, str]) -> dict[str, float]:
+    """CPU time (user + system) used so far by each role's processes."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    used: dict[str, float] = {}
+    for pid, role in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[role] = used.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
 def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
     total = after[1] - before[1]
     return 100.0 * (after[0] - before[0]) / total if total > 0 else 0.0
@@ -313,13 +361,20 @@ def main() -> int:
     if args.loadgen == "wrk" and not shutil.which("wrk"):
         parser.error("wrk is not on the PATH (apt-get install wrk)")
 
-    def run_load(base: str, token: str, clients: int, seconds: float) -> dict[str, float]:
-        before = cpu_ticks()
+    def run_load(base: str, token: str, clients: int, seconds: float,
+                 pids: dict[int, str]) -> dict[str, float]:
+        before, used_before = cpu_ticks(), cpu_seconds(pids)
         if use_wrk:
             run = load_wrk(base, token, clients, seconds)
         else:
             run = load(base, token, clients, seconds, args.processes)
         run["steal_pct"] = steal_pct(before, cpu_ticks())
+        used = cpu_seconds(pids)
+        for role in used:
+            used[role] -= used_before.get(role, 0.0)
+        per_request = 1e6 / max(run["requests"], 1.0)
+        run["gotapi_cpu_us"] = used.pop("gotapi", 0.0) * per_request
+        run["other_cpu_us"] = sum(used.values()) * per_request
         return run
     print(f"load generator: {'wrk' if use_wrk else 'Python clients'}", flush=True)
     root = Path(tempfile.mkdtemp(prefix="gotapi-bench-"))
@@ -366,6 +421,9 @@ port = {printer}
         floor.start()
         floor_base = f"http://127.0.0.1:{floor_port}"
         wait_up(f"{floor_base}/gotapi/printer3d/status")
+        pids = {"bus": {pid: role_of(pid) for pid in descendants(up.pid)},
+                "direct": dict.fromkeys(descendants(direct.pid or 0), "gotapi"),
+                "floor": dict.fromkeys(descendants(floor.pid or 0), "gotapi")}
         results: dict[str, dict[int, dict[str, float]]] = {"bus": {}, "direct": {}, "floor": {}}
         rounds: dict[int, list[dict[str, dict[str, float]]]] = {c: [] for c in levels}
         for clients in levels:
@@ -374,8 +432,9 @@ port = {printer}
                 for name, base, token in (("floor", floor_base, ""),
                                           ("direct", direct_base, direct_token),
                                           ("bus", bus_base, bus_token)):
-                    run_load(base, token, clients, 1.0)  # warm-up
-                    run = this_round[name] = run_load(base, token, clients, args.seconds)
+                    run_load(base, token, clients, 1.0, pids[name])  # warm-up
+                    run = this_round[name] = run_load(base, token, clients, args.seconds,
+                                                      pids[name])
                     best = results[name].get(clients)
                     if best is None or run["rps"] > best["rps"]:
                         results[name][clients] = run
@@ -404,6 +463,16 @@ def report(results: dict[str, dict[int, dict[str, float]]], levels: list[int]) -
               f"{b['rps']:>10.0f} {b['p50_ms']:>7.2f} {b['p99_ms']:>7.2f} | "
               f"{b['rps'] / d['rps']:>9.0%} | "
               f"{f['steal_pct']:>3.1f} /{d['steal_pct']:>4.1f} /{b['steal_pct']:>4.1f}")
+    print("CPU time per request, us (user + system, from /proc; of the rounds above): the "
+          "GotAPI server's, and on the bus path also the other processes' (plug-in host, "
+          "printer, supervisor)")
+    print(f"{'clients':>7} | {'floor':>7} | {'direct':>7} | {'bus':>7} {'others':>7} | "
+          f"{'bus - direct':>12}")
+    for c in levels:
+        f, d, b = results["floor"][c], results["direct"][c], results["bus"][c]
+        print(f"{c:>7} | {f['gotapi_cpu_us']:>7.0f} | {d['gotapi_cpu_us']:>7.0f} | "
+              f"{b['gotapi_cpu_us']:>7.0f} {b['other_cpu_us']:>7.0f} | "
+              f"{b['gotapi_cpu_us'] - d['gotapi_cpu_us']:>12.0f}")
     errors = sum(r["errors"] for path in results.values() for r in path.values())
     print(json.dumps({"results": results, "errors": errors}))
 
@@ -412,8 +481,8 @@ def report_medians(rounds: dict[int, list[dict[str, dict[str, float]]]],
                    levels: list[int]) -> None:
     """Medians over rounds: each round's own bus/direct ratio, and each path's p99."""
     print(f"median over {len(rounds[levels[0]])} rounds (paired: bus/direct of the same round)")
-    print(f"{'clients':>7} | {'direct req/s':>12} {'p99 ms':>7} | {'bus req/s':>10} "
-          f"{'p99 ms':>7} | {'bus/direct':>10}")
+    print(f"{'clients':>7} | {'direct req/s':>12} {'p99 ms':>7} {'CPU us':>6} | "
+          f"{'bus req/s':>10} {'p99 ms':>7} {'CPU us':>6} {'others':>6} | {'bus/direct':>10}")
     medians: dict[int, dict[str, float]] = {}
     for c in levels:
         runs = rounds[c]
@@ -424,9 +493,14 @@ def report_medians(rounds: dict[int, list[dict[str, dict[str, float]]]],
             "bus_p99_ms": statistics.median(r["bus"]["p99_ms"] for r in runs),
             "paired_ratio": statistics.median(r["bus"]["rps"] / r["direct"]["rps"]
                                               for r in runs),
+            "direct_cpu_us": statistics.median(r["direct"]["gotapi_cpu_us"] for r in runs),
+            "bus_cpu_us": statistics.median(r["bus"]["gotapi_cpu_us"] for r in runs),
+            "bus_other_cpu_us": statistics.median(r["bus"]["other_cpu_us"] for r in runs),
         }
-        print(f"{c:>7} | {m['direct_rps']:>12.0f} {m['direct_p99_ms']:>7.2f} | "
-              f"{m['bus_rps']:>10.0f} {m['bus_p99_ms']:>7.2f} | {m['paired_ratio']:>9.0%}")
+        print(f"{c:>7} | {m['direct_rps']:>12.0f} {m['direct_p99_ms']:>7.2f} "
+              f"{m['direct_cpu_us']:>6.0f} | {m['bus_rps']:>10.0f} {m['bus_p99_ms']:>7.2f} "
+              f"{m['bus_cpu_us']:>6.0f} {m['bus_other_cpu_us']:>6.0f} | "
+              f"{m['paired_ratio']:>9.0%}")
     print(json.dumps({"medians": medians, "rounds": rounds}))
 
 
