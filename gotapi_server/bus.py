@@ -10,6 +10,13 @@ hand-over per request instead of three (request thread -> bus thread -> request 
 which is what a request costs under the GIL. ZMQ_FD is edge-triggered, so every lock holder
 that sends also checks ZMQ_EVENTS and reads what has arrived before it lets go.
 
+Under gevent (the GotAPI server's default worker) request greenlets do not send: they queue
+the Intent and park, and one hub callback sends everything queued since it was scheduled,
+then reads what has arrived, all in one turn of the loop. Greenlets never run in parallel,
+so sending at once bought no latency; what it cost was a wake-up of ZeroMQ's I/O thread and
+a ZMQ_EVENTS check for every request, and on a virtual machine those cross-thread wake-ups
+are the dearest part of a send. Batched, a burst of requests pays for them once.
+
 The tap is an XPUB: the bus thread reads its subscriptions and copies frames to it only
 while some `bus tap` subscribes, so an unwatched bus pays nothing for it.
 """
@@ -104,6 +111,9 @@ class Bus:
         self._stopping = False
         self._next_refresh = 0.0
         self._new_latch: Callable[[], Latch] = latch_factory()
+        # Under gevent: requests queued for the next send batch, and how to schedule it.
+        self._outbox: list[tuple[tuple[bytes, str], bytes, Latch, float]] = []
+        self._schedule: Callable[[Callable[[], None]], Any] | None = None
 
     # ---- public API (any thread) ----
 
@@ -113,6 +123,7 @@ class Bus:
         self._ctx = zmq.Context()
         self._mailbox = Mailbox()
         self._new_latch = latch_factory()   # gevent patches after the app is built, if at all
+        self._schedule = _hub_scheduler()
         self._stopping = False
         started: Future[None] = Future()
         self._thread = threading.Thread(target=self._run, args=(started,), name="gotapi-bus",
@@ -150,10 +161,15 @@ class Bus:
         with self._lock:
             if self._router is None or self._stopping:
                 raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE, "the bus is not running")
-            try:
-                self._start_request(key, payload, latch, deadline)
-            finally:
-                self._read_if_pending()    # also when the send failed: it may have used ZMQ_FD
+            if self._schedule is not None:
+                self._outbox.append((key, payload, latch, deadline))
+                if len(self._outbox) == 1:
+                    self._schedule(self._send_batch)
+            else:
+                try:
+                    self._start_request(key, payload, latch, deadline)
+                finally:
+                    self._read_if_pending()    # also when the send failed: it may have used ZMQ_FD
         if not latch.wait(deadline - time.monotonic()):
             with self._lock:
                 self._pending.pop(key, None)
@@ -165,6 +181,33 @@ class Bus:
             raise latch.error
         assert latch.result is not None
         return latch.result
+
+    def _send_batch(self) -> None:
+        """Hub callback (gevent): send the queued requests, then read what has arrived.
+
+        It runs in the hub, which must never block: greenlets never switch while holding
+        the lock, so it is free here, and if it ever is not, the batch waits a loop turn.
+        """
+        if not self._lock.acquire(blocking=False):
+            assert self._schedule is not None
+            self._schedule(self._send_batch)
+            return
+        try:
+            batch, self._outbox = self._outbox, []
+            for key, payload, latch, deadline in batch:
+                try:
+                    if self._router is None or self._stopping:
+                        raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE, "the bus stopped")
+                    self._start_request(key, payload, latch, deadline)
+                except Exception as exc:
+                    if not isinstance(exc, P3DError):
+                        log.exception("bus: sending a request failed")
+                        exc = P3DError(ErrorCode.UNKNOWN, f"the bus could not send: {exc}")
+                    latch.set(error=exc)
+            if self._router is not None:
+                self._read_if_pending()
+        finally:
+            self._lock.release()
 
     def notify(self, intent: Intent, plugin_id: str | None = None) -> None:
         """Fire-and-forget (lifecycle notices); plugin_id None = every connected host."""
@@ -536,6 +579,16 @@ class Bus:
             send_frames(self._tap, [direction, *frames], NOBLOCK)
         except zmq.ZMQError:
             pass  # a tap is best effort
+
+
+def _hub_scheduler() -> Callable[[Callable[[], None]], Any] | None:
+    """Under gevent, the hub's `run_callback` (requests are sent in batches from the hub);
+    in threads, None (each request thread sends its own)."""
+    if not gevent_patched():
+        return None
+    from gevent import get_hub
+
+    return get_hub().loop.run_callback
 
 
 def _encode(intent: Intent) -> bytes:

@@ -127,6 +127,32 @@ if __name__ == "__main__":
         print(int(exc.code), 0.45 <= time.monotonic() - t < 2.0)
     gevent.joinall(jobs, raise_error=True)
     print(all(j.value for j in jobs), len(bus._pending))
+    # requests made in one turn of the loop leave in one batch, each still gets its answer
+    batches = []
+    send_batch = bus._send_batch
+    def counting():
+        batches.append(len(bus._outbox)); send_batch()
+    bus._send_batch = counting
+    burst = [gevent.spawn(bus.request, Intent(Action.GET, profile="echo", attribute="fast",
+                                              params={"n": n}), "echo", 10.0) for n in range(8)]
+    gevent.joinall(burst, raise_error=True)
+    print(batches, [g.value.params["n"] for g in burst] == list(range(8)))
+    # a request the batch cannot send (no such plug-in online) fails at once, not at timeout
+    t = time.monotonic()
+    try:
+        bus.request(Intent(Action.GET, profile="echo", attribute="fast", params={"n": 1}),
+                    "nobody", 10.0)
+    except P3DError as exc:
+        print(int(exc.code), time.monotonic() - t < 1.0)
+    # queued, then the bus stops before the batch goes out: the request fails, it does not hang
+    bus._send_batch = send_batch
+    late = gevent.spawn(bus.request, Intent(Action.GET, profile="echo", attribute="fast",
+                                            params={"n": 2}), "echo", 10.0)
+    gevent.sleep(0)     # the greenlet queued its Intent and parked; the batch is scheduled
+    bus._stopping = True
+    late.join(5)
+    print(type(late.exception).__name__, int(late.exception.code) if late.exception else None)
+    bus._stopping = False
     bus.stop(); p.terminate()
 """
 
@@ -136,4 +162,7 @@ def test_the_whole_bus_under_gevent_against_a_real_plugin_host(tmp_path) -> None
     script.write_text(BUS_UNDER_GEVENT)
     from gotapi3dp.wire.errors import ErrorCode
     assert _run("", timeout=120, script=str(script)) == \
-        ["GreenLatch", str(int(ErrorCode.TIMEOUT)), "True", "True", "0"]
+        ["GreenLatch", str(int(ErrorCode.TIMEOUT)), "True", "True", "0",
+         "[8]", "True",
+         str(int(ErrorCode.ILLEGAL_SERVER_STATE)), "True",
+         "P3DError", str(int(ErrorCode.ILLEGAL_SERVER_STATE))]
