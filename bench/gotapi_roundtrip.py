@@ -31,8 +31,9 @@ round, so a slow minute slows both) and the median p99 of each path.
 It also prints the CPU time (user + system, from /proc) each path's server processes spent
 per request: the GotAPI server's own (the gunicorn worker, with ZeroMQ's I/O thread on the
 bus path), and on the bus path the other processes' (plug-in host, printer, supervisor).
-A slow minute changes it far less than it changes requests/s, so it is the figure to
-compare two versions of the code by; `bus - direct` is what the bus costs the GotAPI server.
+A slow minute moves it less than it moves requests/s (on this VM still by 20-30 %), so
+alternate two versions of the code when comparing them by it; `bus - direct` is what the
+bus costs the GotAPI server per request.
 """
 from __future__ import annotations
 
