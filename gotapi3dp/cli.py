@@ -71,7 +71,8 @@ def cmd_bus_tap(args: argparse.Namespace, config: Config) -> int:
             print(f"tapping {endpoint} (Ctrl-C to stop)", file=sys.stderr)
     try:
         tap(endpoint, args.json, sys.stdout, limit=args.count, profile=args.profile,
-            service=args.service, connected=banner)
+            service=args.service, connected=banner,
+            notice=lambda text: print(text, file=sys.stderr, flush=True))
     except KeyboardInterrupt:
         pass
     return EXIT_OK
@@ -315,7 +316,8 @@ TAP_DESCRIPTION = (
     "latency=...ms (latencyMs with --json): the time between this tap receiving the REQUEST "
     "and receiving its REPLY, by this process's clock. It includes the tap's own scheduling "
     "and delivery delays, so two taps can show different latencies for the same request; it "
-    "is not measured by the bus.")
+    "is not measured by the bus. Notices on stderr say when nothing answers at the endpoint "
+    "yet (the tap keeps retrying), when it has connected and when the bus goes away.")
 
 
 def _positive_int(text: str) -> int:

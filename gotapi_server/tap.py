@@ -14,6 +14,12 @@ id); both keep lifecycle notices (EVENT_TRANSMIT_DISCONNECT...), which have no p
 service and go to every plug-in. Secrets never reach the screen: access tokens, sealed tokens
 (`p3t1.`...), contents keys and any `*token`/`*key` parameter are shown as
 `<redacted N chars sha256:xxxxxxxx>`.
+
+A SUB socket connects in the background and retries for ever, so on its own a tap whose bus
+is down looks exactly like a quiet bus. The tap watches its socket's connection events
+(ZeroMQ's socket monitor) and says so through `notice`: once when nothing answers yet, when
+the ZMTP handshake succeeds, and when the bus goes away. A host name that does not resolve
+is an error at once.
 """
 from __future__ import annotations
 
@@ -25,7 +31,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
+import socket
+from urllib.parse import urlsplit
+
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from gotapi3dp.config import ConfigError
 from gotapi3dp.wire.busproto import COMMAND_NAMES, PROTOCOL, READY, decode_announce
@@ -112,13 +122,45 @@ class Latency:
                 record["latencyMs"] = round((record["time"] - started) * 1000, 3)
 
 
+@dataclass
+class Link:
+    """What the operator is told about the tap's connection, from socket-monitor events."""
+
+    endpoint: str
+    notice: Callable[[str], None]
+    state: str = "connecting"   # connecting -> waiting | up; up -> lost -> up
+
+    EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECT_RETRIED
+              | zmq.EVENT_DISCONNECTED)
+
+    def on_event(self, event: int) -> None:
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self.state != "up":
+            self.state = "up"
+            self.notice(f"connected to {self.endpoint}")
+        elif event == zmq.EVENT_DISCONNECTED and self.state == "up":
+            self.state = "lost"
+            self.notice(f"lost {self.endpoint}; reconnecting")
+        elif event == zmq.EVENT_CONNECT_RETRIED and self.state == "connecting":
+            self.state = "waiting"
+            self.notice(f"nothing answers at {self.endpoint} yet; retrying until it does "
+                        "(is `gotapi-3dp up` running, with this gotapi.tap_endpoint?)")
+
+
 def tap(endpoint: str, as_json: bool, out: TextIO, stop: threading.Event | None = None,
         limit: int | None = None, profile: str | None = None,
-        service: str | None = None, connected: Callable[[], None] | None = None) -> int:
+        service: str | None = None, connected: Callable[[], None] | None = None,
+        notice: Callable[[str], None] | None = None) -> int:
     """Print frames until `stop` is set, `limit` frames were printed or Ctrl-C; exit status 0.
-    `connected` is called once the endpoint is accepted; a bad one raises ConfigError."""
+    `connected` is called once the endpoint is accepted; a bad one raises ConfigError.
+    `notice` gets one-line messages about the connection (see the module docstring)."""
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
+    monitor = sub.get_monitor_socket(Link.EVENTS) if notice is not None else None
+    link = Link(endpoint, notice) if notice is not None else None
+    poller = zmq.Poller()
+    poller.register(sub, zmq.POLLIN)
+    if monitor is not None:
+        poller.register(monitor, zmq.POLLIN)
     count = 0
     keep, latency = Filter(profile, service), Latency()
     try:
@@ -126,7 +168,10 @@ def tap(endpoint: str, as_json: bool, out: TextIO, stop: threading.Event | None 
         if connected is not None:
             connected()
         while (stop is None or not stop.is_set()) and (limit is None or count < limit):
-            if not sub.poll(POLL_MS):
+            ready = dict(poller.poll(POLL_MS))
+            if monitor is not None and monitor in ready and link is not None:
+                link.on_event(int(recv_monitor_message(monitor)["event"]))
+            if sub not in ready:
                 continue
             record = describe(sub.recv_multipart(), time.time())
             latency.note(record)
@@ -138,6 +183,9 @@ def tap(endpoint: str, as_json: bool, out: TextIO, stop: threading.Event | None 
     except KeyboardInterrupt:
         pass
     finally:
+        if monitor is not None:
+            sub.disable_monitor()
+            monitor.close(linger=0)
         sub.close(linger=0)
         ctx.term()
     return 0
@@ -151,6 +199,22 @@ def _subscribe(sub: zmq.Socket, endpoint: str) -> None:
     except zmq.ZMQError as exc:
         raise ConfigError(f"cannot tap {endpoint!r}: {zmq.strerror(exc.errno)} "
                           "(an endpoint is like tcp://127.0.0.1:4041)") from None
+    host = _tcp_host(endpoint)
+    if host is not None:
+        try:
+            socket.getaddrinfo(host, None)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ConfigError(f"cannot tap {endpoint!r}: host {host!r} does not resolve "
+                              f"({exc})") from None
+
+
+def _tcp_host(endpoint: str) -> str | None:
+    """The host name of a tcp:// endpoint, if it is a name to look up (not *, not empty)."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    address = endpoint[len("tcp://"):].rpartition(";")[2]   # after a source address, if any
+    host = urlsplit("tcp://" + address).hostname
+    return host if host and host != "*" else None
 
 
 def describe(frames: list[bytes], when: float) -> dict[str, Any]:

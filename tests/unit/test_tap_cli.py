@@ -1,14 +1,21 @@
-"""`gotapi-3dp bus tap`: its arguments, its plain lines and its filters (no running bus)."""
+"""`gotapi-3dp bus tap`: its arguments, its plain lines, its filters (no running bus), and
+what it says about its connection (against real sockets coming and going)."""
 from __future__ import annotations
 
+import io
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import zmq
 
 from gotapi3dp import cli
 from gotapi3dp.wire.busproto import PROTOCOL, REQUEST
 from gotapi3dp.wire.intent import Action, Intent, encode
-from gotapi_server.tap import Filter, describe, format_line
+from gotapi3dp.config import ConfigError
+from gotapi_server.tap import Filter, _tcp_host, describe, format_line, tap
 
 ORIGIN = "http://localhost:8080"
 
@@ -29,7 +36,7 @@ def test_a_count_that_is_not_positive_is_a_usage_error(tmp_path: Path, count: st
     assert f"argument --count: must be a positive integer, not {count!r}" in err
 
 
-@pytest.mark.parametrize("endpoint", ["foo", "nonsense://x"])
+@pytest.mark.parametrize("endpoint", ["foo", "nonsense://x", "tcp://no-such-host.invalid:4041"])
 def test_a_bad_endpoint_is_a_one_line_error(tmp_path: Path, endpoint: str,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--data-dir", str(tmp_path / "d"), "bus", "tap", "--endpoint", endpoint,
@@ -92,3 +99,62 @@ def test_tap_help_says_what_the_latency_measures(capsys: pytest.CaptureFixture[s
     assert ("the time between this tap receiving the REQUEST and receiving its REPLY" in text)
     assert "includes the tap's own scheduling" in text
     assert "two taps can show different latencies for the same request" in text
+
+
+# -- a tap whose bus is down says so, instead of looking like a quiet bus -------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(notices: list[str], text: str, nth: int = 1, timeout: float = 10.0) -> bool:
+    """Whether `text` appears in `nth` of the notices within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(text in n for n in notices) >= nth:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_the_tap_says_when_nothing_answers_when_it_connects_and_when_the_bus_goes() -> None:
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    notices: list[str] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=tap, args=(endpoint, False, io.StringIO(), stop),
+                              kwargs={"notice": notices.append}, daemon=True)
+    thread.start()
+    ctx = zmq.Context()
+    try:
+        assert _wait_for(notices, f"nothing answers at {endpoint} yet"), notices
+        pub = ctx.socket(zmq.XPUB)
+        pub.bind(endpoint)
+        assert _wait_for(notices, f"connected to {endpoint}"), notices
+        pub.close(linger=0)
+        assert _wait_for(notices, f"lost {endpoint}; reconnecting"), notices
+        pub = ctx.socket(zmq.XPUB)
+        pub.bind(endpoint)
+        assert _wait_for(notices, f"connected to {endpoint}", nth=2), notices
+        pub.close(linger=0)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        ctx.destroy(linger=0)
+    assert not thread.is_alive()
+    # said once each time, not once per retry (the last close may add a last "lost")
+    assert [n.split(" ")[0] for n in notices][:4] == ["nothing", "connected", "lost", "connected"]
+    assert len(notices) <= 5, notices
+
+
+def test_an_unresolvable_tap_host_is_an_error_at_once() -> None:
+    with pytest.raises(ConfigError, match="host 'no-such-host.invalid' does not resolve"):
+        tap("tcp://no-such-host.invalid:4041", False, io.StringIO(), limit=1)
+
+
+@pytest.mark.parametrize("endpoint, host", [
+    ("tcp://127.0.0.1:4041", "127.0.0.1"), ("tcp://localhost:4041", "localhost"),
+    ("tcp://*:4041", None), ("tcp://[::1]:4041", "::1"), ("ipc:///tmp/tap", None),
+    ("tcp://127.0.0.1;bus.example:4041", "bus.example")])
+def test_the_host_a_tap_looks_up(endpoint: str, host: str | None) -> None:
+    assert _tcp_host(endpoint) == host
