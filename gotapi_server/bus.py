@@ -12,7 +12,8 @@ that sends also checks ZMQ_EVENTS and reads what has arrived before it lets go.
 
 Under gevent (the GotAPI server's default worker) request greenlets do not send: they queue
 the Intent and park, and one hub callback sends everything queued since it was scheduled,
-then reads what has arrived, all in one turn of the loop. Greenlets never run in parallel,
+then reads what has arrived, all in one turn of the loop. Notices are queued the same way,
+so one never overtakes a request made before it. Greenlets never run in parallel,
 so sending at once bought no latency; what it cost was a wake-up of ZeroMQ's I/O thread and
 a ZMQ_EVENTS check for every request, and on a virtual machine those cross-thread wake-ups
 are the dearest part of a send. Batched, a burst of requests pays for them once.
@@ -83,6 +84,18 @@ class _Pending:
     deadline: float  # monotonic
 
 
+@dataclass(slots=True)
+class _Outgoing:
+    """A request (`key`, `latch`, `deadline`) or a notice (`key` None; `plugin_id` None:
+    every host) waiting for the next send batch (gevent)."""
+
+    payload: bytes
+    key: tuple[bytes, str] | None = None
+    latch: Latch | None = None
+    deadline: float = 0.0
+    plugin_id: str | None = None
+
+
 class Bus:
     """Server end of the bus. `start()` after fork; `request()` from any thread."""
 
@@ -111,8 +124,9 @@ class Bus:
         self._stopping = False
         self._next_refresh = 0.0
         self._new_latch: Callable[[], Latch] = latch_factory()
-        # Under gevent: requests queued for the next send batch, and how to schedule it.
-        self._outbox: list[tuple[tuple[bytes, str], bytes, Latch, float]] = []
+        # Under gevent: requests and notices queued for the next send batch, in call order,
+        # and how to schedule that batch.
+        self._outbox: list[_Outgoing] = []
         self._schedule: Callable[[Callable[[], None]], Any] | None = None
 
     # ---- public API (any thread) ----
@@ -162,9 +176,7 @@ class Bus:
             if self._router is None or self._stopping:
                 raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE, "the bus is not running")
             if self._schedule is not None:
-                self._outbox.append((key, payload, latch, deadline))
-                if len(self._outbox) == 1:
-                    self._schedule(self._send_batch)
+                self._queue(_Outgoing(payload, key, latch, deadline))
             else:
                 try:
                     self._start_request(key, payload, latch, deadline)
@@ -182,8 +194,15 @@ class Bus:
         assert latch.result is not None
         return latch.result
 
+    def _queue(self, item: "_Outgoing") -> None:
+        """(Lock held, gevent.) Add to the next batch; the first item schedules it."""
+        self._outbox.append(item)
+        if len(self._outbox) == 1:
+            assert self._schedule is not None
+            self._schedule(self._send_batch)
+
     def _send_batch(self) -> None:
-        """Hub callback (gevent): send the queued requests, then read what has arrived.
+        """Hub callback (gevent): send what was queued, in order, then read what has arrived.
 
         It runs in the hub, which must never block: greenlets never switch while holding
         the lock, so it is free here, and if it ever is not, the batch waits a loop turn.
@@ -194,16 +213,21 @@ class Bus:
             return
         try:
             batch, self._outbox = self._outbox, []
-            for key, payload, latch, deadline in batch:
+            for item in batch:
+                if item.key is None:
+                    if self._router is not None and not self._stopping:
+                        self._guard(self._notify, item.payload, item.plugin_id)
+                    continue
+                assert item.latch is not None
                 try:
                     if self._router is None or self._stopping:
                         raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE, "the bus stopped")
-                    self._start_request(key, payload, latch, deadline)
+                    self._start_request(item.key, item.payload, item.latch, item.deadline)
                 except Exception as exc:
                     if not isinstance(exc, P3DError):
                         log.exception("bus: sending a request failed")
                         exc = P3DError(ErrorCode.UNKNOWN, f"the bus could not send: {exc}")
-                    latch.set(error=exc)
+                    item.latch.set(error=exc)
             if self._router is not None:
                 self._read_if_pending()
         finally:
@@ -217,6 +241,9 @@ class Bus:
         with self._lock:
             if self._router is None or self._stopping:
                 log.debug("bus not running; notice %s dropped", intent.action.value)
+                return
+            if self._schedule is not None:   # behind the requests queued before it
+                self._queue(_Outgoing(payload, plugin_id=plugin_id))
                 return
             try:
                 self._notify(payload, plugin_id)

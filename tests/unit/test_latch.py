@@ -166,3 +166,43 @@ def test_the_whole_bus_under_gevent_against_a_real_plugin_host(tmp_path) -> None
          "[8]", "True",
          str(int(ErrorCode.ILLEGAL_SERVER_STATE)), "True",
          "P3DError", str(int(ErrorCode.ILLEGAL_SERVER_STATE))]
+
+
+ORDER_UNDER_GEVENT = """
+from gevent import monkey; monkey.patch_all()
+import time, gevent, zmq
+from gotapi3dp.wire.busproto import PROTOCOL, READY, REPLY, HEARTBEAT, Announce, PluginInfo, encode_announce
+from gotapi3dp.wire.intent import Action, Intent, decode, encode
+from gotapi_server.bus import Bus
+bus = Bus("tcp://127.0.0.1:0"); bus.start()
+ctx = zmq.Context()
+host = ctx.socket(zmq.DEALER); host.linger = 0; host.routing_id = b"h1"; host.connect(bus.endpoint)
+host.send_multipart([PROTOCOL, READY, encode_announce(Announce("h1", [PluginInfo("echo", "Echo", "1", ["echo"])]))])
+deadline = time.monotonic() + 10
+while not any(r.online for r in bus.plugins()) and time.monotonic() < deadline:
+    time.sleep(0.02)
+asker = gevent.spawn(bus.request, Intent(Action.GET, profile="echo", attribute="say"), "echo", 5.0)
+gevent.sleep(0)      # the request is queued, its batch scheduled
+bus.notify(Intent(Action.EVENT_TRANSMIT_DISCONNECT, origin="http://localhost:1"))
+seen = []
+while len(seen) < 2 and time.monotonic() < deadline:
+    if host.poll(0):
+        frames = host.recv_multipart()
+        if frames[1] != HEARTBEAT:
+            seen.append(decode(frames[2]))
+    else:
+        time.sleep(0.01)
+print(",".join(i.action.value for i in seen))
+request = seen[0]
+host.send_multipart([PROTOCOL, REPLY, encode(request.response({"ok": True}))])
+print(asker.get(timeout=5).params["ok"])
+bus.stop(); host.close(); ctx.term()
+"""
+
+
+def test_under_gevent_a_notice_never_overtakes_a_request_made_before_it(tmp_path) -> None:
+    """Both wait for the same send batch, in call order (a WebSocket closing right after its
+    app's PUT must not reach the plug-in before that PUT)."""
+    script = tmp_path / "order_under_gevent.py"
+    script.write_text(ORDER_UNDER_GEVENT)
+    assert _run("", timeout=60, script=str(script)) == ["GET,EVENT_TRANSMIT_DISCONNECT", "True"]
