@@ -51,6 +51,7 @@ TAP_HWM = 10_000         # the tap PUB drops beyond this, never blocks the bus
 RECV_BATCH = 256         # messages read per poll before timers and the mailbox get a turn
 PENDING_GRACE = 1.0      # a pending request outlives its caller's timeout by this, then is purged
 START_TIMEOUT = 10.0
+BATCH_RETRY = 0.001      # s; a send batch that found the lock taken (gevent) tries again
 
 # Body frames each host -> server command must carry.
 _BODY_FRAMES = {READY: 1, REPLY: 1, EVENT: 1, HEARTBEAT: 0, DISCONNECT: 0}
@@ -127,7 +128,7 @@ class Bus:
         # Under gevent: requests and notices queued for the next send batch, in call order,
         # and how to schedule that batch.
         self._outbox: list[_Outgoing] = []
-        self._schedule: Callable[[Callable[[], None]], Any] | None = None
+        self._hub_loop: Any = None   # gevent's loop, under gevent
 
     # ---- public API (any thread) ----
 
@@ -137,7 +138,7 @@ class Bus:
         self._ctx = zmq.Context()
         self._mailbox = Mailbox()
         self._new_latch = latch_factory()   # gevent patches after the app is built, if at all
-        self._schedule = _hub_scheduler()
+        self._hub_loop = _hub_loop()
         self._stopping = False
         started: Future[None] = Future()
         self._thread = threading.Thread(target=self._run, args=(started,), name="gotapi-bus",
@@ -175,7 +176,7 @@ class Bus:
         with self._lock:
             if self._router is None or self._stopping:
                 raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE, "the bus is not running")
-            if self._schedule is not None:
+            if self._hub_loop is not None:
                 self._queue(_Outgoing(payload, key, latch, deadline))
             else:
                 try:
@@ -198,18 +199,22 @@ class Bus:
         """(Lock held, gevent.) Add to the next batch; the first item schedules it."""
         self._outbox.append(item)
         if len(self._outbox) == 1:
-            assert self._schedule is not None
-            self._schedule(self._send_batch)
+            self._hub_loop.run_callback(self._send_batch)
 
     def _send_batch(self) -> None:
         """Hub callback (gevent): send what was queued, in order, then read what has arrived.
 
         It runs in the hub, which must never block: greenlets never switch while holding
-        the lock, so it is free here, and if it ever is not, the batch waits a loop turn.
+        the lock, so it is free here; if it ever is not, the batch tries again on a timer
+        (another callback would come round in the same pass, and spin).
         """
         if not self._lock.acquire(blocking=False):
-            assert self._schedule is not None
-            self._schedule(self._send_batch)
+            timer = self._hub_loop.timer(BATCH_RETRY)
+
+            def retry() -> None:
+                timer.close()
+                self._send_batch()
+            timer.start(retry)
             return
         try:
             batch, self._outbox = self._outbox, []
@@ -242,7 +247,7 @@ class Bus:
             if self._router is None or self._stopping:
                 log.debug("bus not running; notice %s dropped", intent.action.value)
                 return
-            if self._schedule is not None:   # behind the requests queued before it
+            if self._hub_loop is not None:   # behind the requests queued before it
                 self._queue(_Outgoing(payload, plugin_id=plugin_id))
                 return
             try:
@@ -608,14 +613,14 @@ class Bus:
             pass  # a tap is best effort
 
 
-def _hub_scheduler() -> Callable[[Callable[[], None]], Any] | None:
-    """Under gevent, the hub's `run_callback` (requests are sent in batches from the hub);
-    in threads, None (each request thread sends its own)."""
+def _hub_loop() -> Any:
+    """Under gevent, the hub's loop (requests are sent in batches from its callbacks); in
+    threads, None (each request thread sends its own)."""
     if not gevent_patched():
         return None
     from gevent import get_hub
 
-    return get_hub().loop.run_callback
+    return get_hub().loop
 
 
 def _encode(intent: Intent) -> bytes:

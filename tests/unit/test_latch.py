@@ -137,6 +137,18 @@ if __name__ == "__main__":
                                               params={"n": n}), "echo", 10.0) for n in range(8)]
     gevent.joinall(burst, raise_error=True)
     print(batches, [g.value.params["n"] for g in burst] == list(range(8)))
+    # a batch that finds the lock taken tries again on a timer; it does not spin in the hub
+    calls = []
+    def counted():
+        calls.append(1); send_batch()
+    bus._send_batch = counted
+    def hold():
+        with bus._lock:
+            gevent.sleep(0.05)
+    asker = gevent.spawn(bus.request, Intent(Action.GET, profile="echo", attribute="fast",
+                                             params={"n": 3}), "echo", 5.0)
+    holder = gevent.spawn(hold)    # takes the lock after the request queued, before its batch
+    print(asker.get(timeout=5).params["n"] == 3, 1 < len(calls) < 200)
     # a request the batch cannot send (no such plug-in online) fails at once, not at timeout
     t = time.monotonic()
     try:
@@ -153,7 +165,16 @@ if __name__ == "__main__":
     late.join(5)
     print(type(late.exception).__name__, int(late.exception.code) if late.exception else None)
     bus._stopping = False
-    bus.stop(); p.terminate()
+    # the real stop(), with a request queued or on its way: it fails at once, it does not hang
+    pending = gevent.spawn(bus.request, Intent(Action.GET, profile="echo", attribute="never",
+                                               params={"n": 4}), "echo", 10.0)
+    gevent.sleep(0)
+    t = time.monotonic()
+    bus.stop()
+    pending.join(5)
+    print(type(pending.exception).__name__, int(pending.exception.code) if pending.exception
+          else None, time.monotonic() - t < 3)
+    p.terminate()
 """
 
 
@@ -163,9 +184,10 @@ def test_the_whole_bus_under_gevent_against_a_real_plugin_host(tmp_path) -> None
     from gotapi3dp.wire.errors import ErrorCode
     assert _run("", timeout=120, script=str(script)) == \
         ["GreenLatch", str(int(ErrorCode.TIMEOUT)), "True", "True", "0",
-         "[8]", "True",
+         "[8]", "True", "True", "True",
          str(int(ErrorCode.ILLEGAL_SERVER_STATE)), "True",
-         "P3DError", str(int(ErrorCode.ILLEGAL_SERVER_STATE))]
+         "P3DError", str(int(ErrorCode.ILLEGAL_SERVER_STATE)),
+         "P3DError", str(int(ErrorCode.ILLEGAL_SERVER_STATE)), "True"]
 
 
 ORDER_UNDER_GEVENT = """
