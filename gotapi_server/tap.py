@@ -43,6 +43,7 @@ from gotapi3dp.wire.intent import REQUEST_ACTIONS, Action, IntentError, decode
 from gotapi3dp.wire.token import TOKEN_PREFIX
 
 POLL_MS = 100
+CONNECT_TIMEOUT_MS = 2000  # a host that drops SYNs is reported after this, not after minutes
 RC_PREFIX = 8  # hex digits of the requestCode shown in a line
 MAX_OPEN_REQUESTS = 10_000  # requestCodes remembered for latency
 _SECRET_NAMES = ("accesstoken", "contentskey", "token", "apikey", "key", "secret")
@@ -128,10 +129,13 @@ class Link:
 
     endpoint: str
     notice: Callable[[str], None]
-    state: str = "connecting"   # connecting -> waiting | up; up -> lost -> up
+    state: str = "connecting"   # connecting -> waiting | up | wrong; up -> lost -> up
 
     EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECT_RETRIED
-              | zmq.EVENT_DISCONNECTED)
+              | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+    _REFUSED = (zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
     def on_event(self, event: int) -> None:
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self.state != "up":
@@ -140,6 +144,12 @@ class Link:
         elif event == zmq.EVENT_DISCONNECTED and self.state == "up":
             self.state = "lost"
             self.notice(f"lost {self.endpoint}; reconnecting")
+        elif event & self._REFUSED and self.state in ("connecting", "waiting"):
+            # a handshake that never succeeded: a ZeroMQ peer of the wrong kind (often the
+            # bus endpoint itself), or something that is not ZeroMQ; libzmq will not retry
+            self.state = "wrong"
+            self.notice(f"something answers at {self.endpoint}, but not as a bus tap (a "
+                        "ZeroMQ PUB); is it gotapi.tap_endpoint, not the bus endpoint?")
         elif event == zmq.EVENT_CONNECT_RETRIED and self.state == "connecting":
             self.state = "waiting"
             self.notice(f"nothing answers at {self.endpoint} yet; retrying until it does "
@@ -194,22 +204,33 @@ def tap(endpoint: str, as_json: bool, out: TextIO, stop: threading.Event | None 
 def _subscribe(sub: zmq.Socket, endpoint: str) -> None:
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.IPV6, 1)                  # tcp://[::1]:port, and IPv6-only names
+    sub.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+    bad = f"cannot tap {endpoint!r}"
     try:
         sub.connect(endpoint)
+        host = _tcp_host(endpoint)
     except zmq.ZMQError as exc:
-        raise ConfigError(f"cannot tap {endpoint!r}: {zmq.strerror(exc.errno)} "
+        raise ConfigError(f"{bad}: {zmq.strerror(exc.errno)} "
                           "(an endpoint is like tcp://127.0.0.1:4041)") from None
-    host = _tcp_host(endpoint)
+    except ValueError as exc:                    # libzmq took it, but it is no URL
+        raise ConfigError(f"{bad}: {exc} (an endpoint is like tcp://127.0.0.1:4041)") from None
     if host is not None:
         try:
             socket.getaddrinfo(host, None)
-        except (socket.gaierror, UnicodeError) as exc:
-            raise ConfigError(f"cannot tap {endpoint!r}: host {host!r} does not resolve "
-                              f"({exc})") from None
+        except UnicodeError as exc:
+            raise ConfigError(f"{bad}: host {host!r} is not a valid name ({exc})") from None
+        except socket.gaierror as exc:
+            if exc.errno in _NO_SUCH_NAME:       # a resolver that is down may come back
+                raise ConfigError(f"{bad}: host {host!r} does not resolve ({exc})") from None
+
+
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 
 def _tcp_host(endpoint: str) -> str | None:
-    """The host name of a tcp:// endpoint, if it is a name to look up (not *, not empty)."""
+    """The host name of a tcp:// endpoint, if it is a name to look up (not *, not empty);
+    ValueError if it is no URL (`tcp://[::1`)."""
     if not endpoint.startswith("tcp://"):
         return None
     address = endpoint[len("tcp://"):].rpartition(";")[2]   # after a source address, if any

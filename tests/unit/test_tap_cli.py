@@ -36,7 +36,8 @@ def test_a_count_that_is_not_positive_is_a_usage_error(tmp_path: Path, count: st
     assert f"argument --count: must be a positive integer, not {count!r}" in err
 
 
-@pytest.mark.parametrize("endpoint", ["foo", "nonsense://x", "tcp://no-such-host.invalid:4041"])
+@pytest.mark.parametrize("endpoint", ["foo", "nonsense://x", "tcp://no-such-host.invalid:4041",
+                                      "tcp://[::1", "tcp://[x]:1"])
 def test_a_bad_endpoint_is_a_one_line_error(tmp_path: Path, endpoint: str,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--data-dir", str(tmp_path / "d"), "bus", "tap", "--endpoint", endpoint,
@@ -145,6 +146,59 @@ def test_the_tap_says_when_nothing_answers_when_it_connects_and_when_the_bus_goe
     # said once each time, not once per retry (the last close may add a last "lost")
     assert [n.split(" ")[0] for n in notices][:4] == ["nothing", "connected", "lost", "connected"]
     assert len(notices) <= 5, notices
+
+
+def _notices_of(endpoint: str, wanted: str) -> list[str]:
+    """Run a tap on `endpoint` until a notice containing `wanted` (or 10 s); its notices."""
+    notices: list[str] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=tap, args=(endpoint, False, io.StringIO(), stop),
+                              kwargs={"notice": notices.append}, daemon=True)
+    thread.start()
+    try:
+        _wait_for(notices, wanted)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    return notices
+
+
+def test_tapping_the_bus_endpoint_by_mistake_says_it_is_not_a_tap() -> None:
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)       # what gotapi.bus_endpoint is
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        notices = _notices_of(f"tcp://127.0.0.1:{port}", "not as a bus tap")
+    finally:
+        ctx.destroy(linger=0)
+    assert len(notices) == 1 and "is it gotapi.tap_endpoint, not the bus endpoint?" in notices[0]
+
+
+def test_tapping_something_that_is_not_zeromq_says_so() -> None:
+    with socket.socket() as server:       # accepts, then hangs up without a ZMTP greeting
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        closer = threading.Thread(target=lambda: server.accept()[0].close(), daemon=True)
+        closer.start()
+        notices = _notices_of(f"tcp://127.0.0.1:{port}", "not as a bus tap")
+    assert any("something answers" in n for n in notices), notices
+
+
+def test_an_ipv6_tap_endpoint_connects() -> None:
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.IPV6, 1)
+    try:
+        port = pub.bind_to_random_port("tcp://[::1]")
+    except zmq.ZMQError:
+        ctx.destroy(linger=0)
+        pytest.skip("no IPv6 loopback here")
+    try:
+        notices = _notices_of(f"tcp://[::1]:{port}", "connected to")
+    finally:
+        ctx.destroy(linger=0)
+    assert notices == [f"connected to tcp://[::1]:{port}"], notices
 
 
 def test_an_unresolvable_tap_host_is_an_error_at_once() -> None:
