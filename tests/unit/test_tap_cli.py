@@ -185,6 +185,30 @@ def test_tapping_something_that_is_not_zeromq_says_so() -> None:
     assert any("something answers" in n for n in notices), notices
 
 
+def test_a_host_that_drops_connection_attempts_is_reported_within_seconds() -> None:
+    """A listener whose accept queue is full drops SYNs, as a firewall does; the kernel's
+    own connect timeout would take minutes."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        fillers = [socket.socket() for _ in range(4)]
+        for filler in fillers:
+            filler.setblocking(False)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+        try:
+            start = time.monotonic()
+            notices = _notices_of(f"tcp://127.0.0.1:{port}", "nothing answers")
+            took = time.monotonic() - start
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert any("nothing answers" in n for n in notices) and took < 8, (notices, took)
+
+
 def test_an_ipv6_tap_endpoint_connects() -> None:
     ctx = zmq.Context()
     pub = ctx.socket(zmq.XPUB)
