@@ -126,9 +126,9 @@ class Bus:
         self._next_refresh = 0.0
         self._new_latch: Callable[[], Latch] = latch_factory()
         # Under gevent: requests and notices queued for the next send batch, in call order,
-        # and how to schedule that batch.
+        # and the hub's loop whose callback sends it.
         self._outbox: list[_Outgoing] = []
-        self._hub_loop: Any = None   # gevent's loop, under gevent
+        self._hub_loop: Any = None
 
     # ---- public API (any thread) ----
 
@@ -219,24 +219,30 @@ class Bus:
         try:
             batch, self._outbox = self._outbox, []
             for item in batch:
-                if item.key is None:
-                    if self._router is not None and not self._stopping:
-                        self._guard(self._notify, item.payload, item.plugin_id)
-                    continue
-                assert item.latch is not None
-                try:
-                    if self._router is None or self._stopping:
-                        raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE, "the bus stopped")
-                    self._start_request(item.key, item.payload, item.latch, item.deadline)
-                except Exception as exc:
-                    if not isinstance(exc, P3DError):
-                        log.exception("bus: sending a request failed")
-                        exc = P3DError(ErrorCode.UNKNOWN, f"the bus could not send: {exc}")
-                    item.latch.set(error=exc)
+                self._send_queued(item)
             if self._router is not None:
                 self._read_if_pending()
         finally:
             self._lock.release()
+
+    def _send_queued(self, item: "_Outgoing") -> None:
+        """(Lock held.) Send one queued notice or request; a request that cannot go fails
+        at once, through its latch."""
+        running = self._router is not None and not self._stopping
+        if item.key is None:
+            if running:
+                self._guard(self._notify, item.payload, item.plugin_id)
+            return
+        assert item.latch is not None
+        try:
+            if not running:
+                raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE, "the bus stopped")
+            self._start_request(item.key, item.payload, item.latch, item.deadline)
+        except Exception as exc:
+            if not isinstance(exc, P3DError):
+                log.exception("bus: sending a request failed")
+                exc = P3DError(ErrorCode.UNKNOWN, f"the bus could not send: {exc}")
+            item.latch.set(error=exc)
 
     def notify(self, intent: Intent, plugin_id: str | None = None) -> None:
         """Fire-and-forget (lifecycle notices); plugin_id None = every connected host."""
