@@ -317,7 +317,8 @@ TAP_DESCRIPTION = (
     "and receiving its REPLY, by this process's clock. It includes the tap's own scheduling "
     "and delivery delays, so two taps can show different latencies for the same request; it "
     "is not measured by the bus. Notices on stderr say when nothing answers at the endpoint "
-    "yet (the tap keeps retrying), when it has connected and when the bus goes away.")
+    "yet (the tap keeps retrying), when what answers is not a tap, when it has connected and "
+    "when the bus goes away.")
 
 
 def _positive_int(text: str) -> int:

@@ -18,8 +18,8 @@ service and go to every plug-in. Secrets never reach the screen: access tokens, 
 A SUB socket connects in the background and retries for ever, so on its own a tap whose bus
 is down looks exactly like a quiet bus. The tap watches its socket's connection events
 (ZeroMQ's socket monitor) and says so through `notice`: once when nothing answers yet, when
-the ZMTP handshake succeeds, and when the bus goes away. A host name that does not resolve
-is an error at once.
+what answers is not a tap (often the bus endpoint given by mistake), when the ZMTP handshake
+succeeds, and when the bus goes away. A host name that does not exist is an error at once.
 """
 from __future__ import annotations
 
@@ -165,8 +165,8 @@ def tap(endpoint: str, as_json: bool, out: TextIO, stop: threading.Event | None 
     `notice` gets one-line messages about the connection (see the module docstring)."""
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
-    monitor = sub.get_monitor_socket(Link.EVENTS) if notice is not None else None
     link = Link(endpoint, notice) if notice is not None else None
+    monitor = sub.get_monitor_socket(Link.EVENTS) if link is not None else None
     poller = zmq.Poller()
     poller.register(sub, zmq.POLLIN)
     if monitor is not None:
@@ -179,7 +179,7 @@ def tap(endpoint: str, as_json: bool, out: TextIO, stop: threading.Event | None 
             connected()
         while (stop is None or not stop.is_set()) and (limit is None or count < limit):
             ready = dict(poller.poll(POLL_MS))
-            if monitor is not None and monitor in ready and link is not None:
+            if link is not None and monitor in ready:
                 link.on_event(int(recv_monitor_message(monitor)["event"]))
             if sub not in ready:
                 continue
