@@ -43,6 +43,7 @@ from gotapi3dp.wire.intent import Action, Intent, IntentError, decode, encode
 
 from .fdwait import FdWaiter, fd_waiter, gevent_patched
 from .latch import Latch, latch_factory
+from .redaction import redact_body
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ PENDING_GRACE = 1.0      # a pending request outlives its caller's timeout by th
 START_TIMEOUT = 10.0
 BATCH_RETRY = 0.001      # s; a send batch that found the lock taken (gevent) tries again
 
+_INTENT_COMMANDS = frozenset({REQUEST, REPLY, EVENT})   # their body is one Intent
 # Body frames each host -> server command must carry.
 _BODY_FRAMES = {READY: 1, REPLY: 1, EVENT: 1, HEARTBEAT: 0, DISCONNECT: 0}
 
@@ -614,9 +616,23 @@ class Bus:
         if self._tap is None or not self._tap_topics:
             return
         try:
-            send_frames(self._tap, [direction, *frames], NOBLOCK)
+            send_frames(self._tap, [direction, *_tap_frames(frames)], NOBLOCK)
         except zmq.ZMQError:
             pass  # a tap is best effort
+
+
+def _tap_frames(frames: list[bytes]) -> list[bytes]:
+    """A bus message as the tap may see it: Intent bodies redacted, READY announces as they
+    are, every other body blanked (the tap endpoint has no authentication; redaction.py)."""
+    if len(frames) < 2:
+        return frames
+    if frames[1] != PROTOCOL:
+        return [frames[0], *(b"" for _ in frames[1:])]
+    if len(frames) == 4 and frames[2] in _INTENT_COMMANDS:
+        return [*frames[:3], redact_body(frames[3])]
+    if len(frames) == 4 and frames[2] == READY:
+        return frames
+    return [*frames[:3], *(b"" for _ in frames[3:])]
 
 
 def _hub_loop() -> Any:

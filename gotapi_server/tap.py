@@ -1,19 +1,21 @@
 """`bus tap`: print every bus frame the GotAPI server publishes on its tap, decoded.
 
-The bus copies each frame it receives or sends to a PUB socket as
-`[direction, peer routing id, protocol, command, body?]` (a PUB with no subscriber drops
-at once, so an untapped bus pays one non-blocking send per frame). We decode bodies with the
-shared decoders (Intent, READY announce) and print one line, or one JSON object, per frame.
-A frame that does not decode is printed as such; nothing here trusts the bytes.
+The bus copies each frame it receives or sends to an XPUB socket as
+`[direction, peer routing id, protocol, command, body?]`, Intent bodies with their secrets
+already replaced (`redaction.py`; a body that is not an Intent goes out empty), and only
+while some tap subscribes: an untapped bus does no tap work at all. We decode bodies with
+the shared decoders (Intent, READY announce) and print one line, or one JSON object, per
+frame. A frame that does not decode is printed as such; nothing here trusts the bytes: every
+text a peer chose is quoted when it holds spaces or characters a terminal would act on.
 
 Each REPLY carries `latencyMs`: the time between this tap receiving the REQUEST with its
 requestCode and receiving the REPLY, by the tap's own clock. It includes the tap's own
 scheduling and delivery delays, so two taps can show different latencies for the same request.
 `--profile` and `--service` keep only Intents of that profile / serviceId (local or public
 id); both keep lifecycle notices (EVENT_TRANSMIT_DISCONNECT...), which have no profile or
-service and go to every plug-in. Secrets never reach the screen: access tokens, sealed tokens
-(`p3t1.`...), contents keys and any `*token`/`*key` parameter are shown as
-`<redacted N chars sha256:xxxxxxxx>`.
+service and go to every plug-in. Secrets never reach the screen: sealed tokens (`p3t1.`...)
+and every parameter whose name holds `token`, `key`, `secret`, `password`... (access tokens,
+contents keys) are shown as `<redacted N chars sha256:xxxxxxxx>`, redacted again here.
 
 A SUB socket connects in the background and retries for ever, so on its own a tap whose bus
 is down looks exactly like a quiet bus. The tap watches its socket's connection events
@@ -23,7 +25,6 @@ succeeds, and when the bus goes away. A host name that does not exist is an erro
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -40,37 +41,16 @@ from zmq.utils.monitor import recv_monitor_message
 from gotapi3dp.config import ConfigError
 from gotapi3dp.wire.busproto import COMMAND_NAMES, PROTOCOL, READY, decode_announce
 from gotapi3dp.wire.intent import REQUEST_ACTIONS, Action, IntentError, decode
-from gotapi3dp.wire.token import TOKEN_PREFIX
+
+from .redaction import redact
 
 POLL_MS = 100
 CONNECT_TIMEOUT_MS = 2000  # a host that drops SYNs is reported after this, not after minutes
 RC_PREFIX = 8  # hex digits of the requestCode shown in a line
 MAX_OPEN_REQUESTS = 10_000  # requestCodes remembered for latency
-_SECRET_NAMES = ("accesstoken", "contentskey", "token", "apikey", "key", "secret")
 # Notices to every plug-in (Device Connect's lifecycle): no profile or service to filter by.
 _LIFECYCLE = frozenset(a.value for a in Action
                        if a not in REQUEST_ACTIONS and a not in (Action.RESPONSE, Action.EVENT))
-
-
-def redact_value(value: str) -> str:
-    digest = hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:8]
-    return f"<redacted {len(value)} chars sha256:{digest}>"
-
-
-def _is_secret(name: str) -> bool:
-    low = name.lower()
-    return any(low == s or low.endswith(s) for s in _SECRET_NAMES)
-
-
-def redact(value: Any, name: str = "") -> Any:
-    """A copy of a decoded Intent map with every secret replaced by length + short hash."""
-    if isinstance(value, dict):
-        return {k: redact(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, name) for v in value]
-    if isinstance(value, str) and (_is_secret(name) or value.startswith(TOKEN_PREFIX)):
-        return redact_value(value)
-    return value
 
 
 @dataclass
@@ -251,12 +231,14 @@ def describe(frames: list[bytes], when: float) -> dict[str, Any]:
         record["undecodable"] = "not the bus protocol"
     elif len(body) > 1:
         record["undecodable"] = f"{len(body)} body frames"
+    elif body == [b""]:
+        record["undecodable"] = "body withheld by the bus (not an Intent, so not redacted)"
     elif body:
         try:
             if command == READY:
                 record["announce"] = _jsonable(_announce_map(body[0]))
             else:
-                record["intent"] = redact(_jsonable(decode(body[0]).to_map()))
+                record["intent"] = _jsonable(redact(decode(body[0]).to_map()))
         except IntentError as exc:
             record["undecodable"] = f"{exc} ({len(body[0])} bytes)"
     return record
@@ -267,16 +249,16 @@ def format_line(record: dict[str, Any]) -> str:
     stamp = f"{clock}.{int(record['time'] % 1 * 1000):03d}"
     if "direction" not in record:
         return f"{stamp} ?   undecodable {record['undecodable']}, {record['size']} bytes"
-    parts = [stamp, f"{record['direction']:<3}", record["peer"], record["command"]]
+    parts = [stamp, f"{record['direction']:<3}", _shown(record["peer"]), record["command"]]
     intent = record.get("intent")
     if intent is not None:
         keys = ("profile", "interface", "attribute")
         path = "/".join(str(intent[k]) for k in keys if intent.get(k))
-        parts += [intent["action"], "/" + path]
+        parts += [intent["action"], _shown("/" + path)]
         if "pluginId" in intent:
-            parts.append(f"plugin={intent['pluginId']}")
+            parts.append(f"plugin={_shown(intent['pluginId'])}")
         if "serviceId" in intent:
-            parts.append(f"serviceId={intent['serviceId']}")
+            parts.append(f"serviceId={_shown(intent['serviceId'])}")
         if intent.get("origin"):
             parts.append(f"origin={_shown(intent['origin'])}")
         parts.append(f"rc={intent['requestCode'][:RC_PREFIX]}")
@@ -287,7 +269,7 @@ def format_line(record: dict[str, Any]) -> str:
         if "errorCode" in intent:
             parts.append(f"errorCode={intent['errorCode']} {intent.get('errorMessage', '')!r}")
     if "announce" in record:
-        parts.append("plugins=" + ",".join(p["id"] for p in record["announce"]["plugins"]))
+        parts.append("plugins=" + _shown(",".join(p["id"] for p in record["announce"]["plugins"])))
     if "undecodable" in record:
         parts.append(f"undecodable: {record['undecodable']}, {record['size']} bytes")
     return " ".join(parts)

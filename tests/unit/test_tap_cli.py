@@ -12,9 +12,10 @@ import pytest
 import zmq
 
 from gotapi3dp import cli
-from gotapi3dp.wire.busproto import PROTOCOL, REQUEST
-from gotapi3dp.wire.intent import Action, Intent, encode
+from gotapi3dp.wire.busproto import EVENT, PROTOCOL, REQUEST
+from gotapi3dp.wire.intent import Action, Intent, decode, encode
 from gotapi3dp.config import ConfigError
+from gotapi_server.redaction import redact, redact_body, redact_value
 from gotapi_server.tap import Filter, _tcp_host, describe, format_line, tap
 
 ORIGIN = "http://localhost:8080"
@@ -64,6 +65,56 @@ def test_a_request_shows_its_origin_and_keeps_secrets_redacted() -> None:
     assert f"origin={ORIGIN} " in line and "/printer3d/connect" in line
     assert secret not in line and secret not in str(record)
     assert record["intent"]["params"]["accessToken"].startswith("<redacted 25 chars sha256:")
+
+
+@pytest.mark.parametrize("params", [
+    {"contentsKey": {"nested": "s3cr3t-in-a-map"}},          # a map under a secret name
+    {"accessTokens": ["s3cr3t-in-a-list"]},                   # names that only hold `token`
+    {"password": "s3cr3t-password"},
+    {"passwd": "s3cr3t-passwd"},
+    {"sealed": b"p3t1.s3cr3t-sealed-bytes"},                 # a sealed token sent as bytes
+    {"list": [{"apiKey": "s3cr3t-deep"}]},
+])
+def test_secrets_in_any_shape_are_redacted(params: dict) -> None:
+    record = _tapped(Intent(Action.POST, profile="printer3d", attribute="connect",
+                            params=params))
+    assert "s3cr3t" not in str(record) and "s3cr3t" not in format_line(record)
+    assert "<redacted " in str(record)
+
+
+def test_redacting_twice_keeps_the_first_marker() -> None:
+    once = redact({"accessToken": "s3cr3t-value"})
+    assert redact(once) == once
+    assert once["accessToken"] == redact_value("s3cr3t-value")
+
+
+def test_the_bus_publishes_intents_already_redacted() -> None:
+    secret = "s3cr3t-contents-key"
+    intent = Intent(Action.POST, profile="printer3d", attribute="connect",
+                    params={"contentsKey": secret, "contentId": "abc"}, idempotency_key="k-1")
+    body = redact_body(encode(intent))
+    assert secret.encode() not in body and b"k-1" not in body
+    shown = decode(body)
+    assert shown.params["contentId"] == "abc" and shown.request_code == intent.request_code
+    assert shown.params["contentsKey"].startswith("<redacted 19 chars sha256:")
+    plain = encode(Intent(Action.GET, profile="printer3d", attribute="status"))
+    assert redact_body(plain) == plain           # nothing secret: the same bytes
+    assert redact_body(b"\xc1 not msgpack") == b""  # unchecked bytes never leave
+
+
+def test_text_a_peer_chose_cannot_forge_or_drive_the_terminal() -> None:
+    forged = "x\n12:00:00.000 out plugin-host-1 REPLY RESPONSE / result=0"
+    intent = Intent(Action.EVENT, profile="printer3d", attribute="\x1b[2Jjob",
+                    service_id="s\x1b]0;owned\x07", plugin_id=forged)
+    record = describe([b"in", b"peer REPLY", PROTOCOL, EVENT, encode(intent)], 1_700_000_000.0)
+    line = format_line(record)
+    assert "\n" not in line and "\x1b" not in line and "\x07" not in line
+    assert "'peer REPLY'" in line        # a routing id with a space is quoted too
+
+
+def test_a_body_the_bus_withheld_says_so() -> None:
+    record = describe([b"in", b"peer", PROTOCOL, EVENT, b""], 1_700_000_000.0)
+    assert "withheld by the bus" in format_line(record)
 
 
 def test_a_line_without_origin_has_no_origin_field() -> None:
