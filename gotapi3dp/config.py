@@ -27,6 +27,9 @@ class GotapiConfig:
     port: int = 4035
     bus_endpoint: str = "tcp://127.0.0.1:4040"
     tap_endpoint: str = "tcp://127.0.0.1:4041"  # PUB copy of every bus frame, for `bus tap`
+    # "curve": only plug-in hosts whose public key is in <data-dir>/gotapi/bus/clients/ may
+    # connect (gotapi3dp/buskeys.py); "none": any peer may (debugging only).
+    bus_security: str = "curve"
     request_timeout: float = 60.0        # seconds a plug-in may take (Device Connect: 60 s)
     discovery_timeout: float = 8.0       # per plug-in, during serviceDiscovery
     worker: str = "gevent"               # gunicorn worker: "gevent" (greenlets) or "gthread"
@@ -57,6 +60,10 @@ class PrinterEntry:
 class PluginHostConfig:
     bus_endpoint: str = "tcp://127.0.0.1:4040"
     host_id: str = "plugin-host-1"
+    bus_security: str = "curve"          # as [gotapi] bus_security
+    # The bus server's CURVE public key (40 Z85 characters); empty: read it from
+    # <data-dir>/gotapi/bus/server.key and put this host's key in that server's allow-list.
+    bus_server_key: str = ""
     contents_url: str = "http://127.0.0.1:4050"
     http_timeout: float = 20.0
     connection_ttl: int = 600

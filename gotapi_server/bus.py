@@ -29,6 +29,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import zmq
@@ -36,6 +37,7 @@ import zmq
 from gotapi3dp.wire.busproto import (COMMAND_NAMES, DISCONNECT, EVENT, HEARTBEAT,
                                      HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, MAX_FRAME_BYTES,
                                      PROTOCOL, READY, REPLY, REQUEST, SOCKET_HWM, decode_announce)
+from gotapi3dp.buskeys import KeyPair, allowed_keys, z85_of
 from gotapi3dp.mailbox import Mailbox
 from gotapi3dp.zmqio import NOBLOCK, readable, recv_frames, send_frames
 from gotapi3dp.wire.errors import ErrorCode, P3DError
@@ -50,6 +52,10 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT_MS = 100    # ROUTER_MANDATORY + full HWM blocks at most this long
 TAP_HWM = 10_000         # the tap PUB drops beyond this, never blocks the bus
 RECV_BATCH = 256         # messages read per poll before timers and the mailbox get a turn
+RECV_BATCH_BYTES = 4 << 20  # ... or this many bytes, so big frames cannot hold the loop
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"   # where libzmq asks who may connect (RFC 27)
+ZAP_DOMAIN = b"gotapi-bus"
+WARN_BURST, WARN_WINDOW = 5, 10.0   # warnings about one peer per window, then silence
 PENDING_GRACE = 1.0      # a pending request outlives its caller's timeout by this, then is purged
 START_TIMEOUT = 10.0
 BATCH_RETRY = 0.001      # s; a send batch that found the lock taken (gevent) tries again
@@ -99,14 +105,49 @@ class _Outgoing:
     plugin_id: str | None = None
 
 
+@dataclass(frozen=True)
+class BusAuth:
+    """CURVE on the bus: the server's key pair and the allow-list directory of host keys
+    (`gotapi3dp/buskeys.py`). Without it the bus takes any peer (tests, `bus_security =
+    "none"`)."""
+
+    pair: KeyPair
+    clients_dir: Path
+
+
+class _WarnQuota:
+    """At most WARN_BURST warnings per peer per WARN_WINDOW: a peer sending junk as fast as
+    it can must not fill the disk with log lines (one run wrote 110 MB in 6 s)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[bytes, tuple[float, int]] = {}
+
+    def allow(self, peer: bytes) -> bool:
+        now = time.monotonic()
+        start, count = self._seen.get(peer, (now, 0))
+        if now - start > WARN_WINDOW:
+            start, count = now, 0
+        if len(self._seen) > 1024:      # many ids: forget them all rather than grow
+            self._seen.clear()
+        self._seen[peer] = (start, count + 1)
+        if count == WARN_BURST:
+            log.warning("bus: further warnings about %r in the next %.0f s are not logged",
+                        peer[:64], WARN_WINDOW - (now - start))
+        return count < WARN_BURST
+
+
 class Bus:
     """Server end of the bus. `start()` after fork; `request()` from any thread."""
 
     def __init__(self, endpoint: str, tap_endpoint: str | None = None, *,
                  heartbeat: float = HEARTBEAT_INTERVAL,
-                 liveness: int = HEARTBEAT_LIVENESS) -> None:
+                 liveness: int = HEARTBEAT_LIVENESS, auth: BusAuth | None = None) -> None:
         self.endpoint = endpoint          # replaced by the bound address (port 0 / * resolved)
         self.tap_endpoint = tap_endpoint
+        self._auth = auth
+        self._allowed: dict[bytes, str] = {}
+        self._allowed_stamp = -2   # mtime of the allow-list directory when last read
+        self._warn = _WarnQuota()
         self._heartbeat = heartbeat
         self._expiry = heartbeat * liveness
         self._ctx: zmq.Context[Any] | None = None
@@ -118,6 +159,7 @@ class Bus:
         self._lock = threading.Lock()
         self._router: zmq.Socket[Any] | None = None
         self._tap: zmq.Socket[Any] | None = None
+        self._zap: zmq.Socket[Any] | None = None
         self._tap_topics: set[bytes] = set()   # topics some tap subscriber holds
         self._hosts: dict[bytes, _Host] = {}
         self._records: dict[str, PluginRecord] = {}
@@ -298,7 +340,16 @@ class Bus:
 
     def _open_sockets(self) -> None:
         assert self._ctx is not None
+        if self._auth is not None:   # the handler must exist before the first handshake
+            zap = self._zap = self._ctx.socket(zmq.REP)
+            zap.setsockopt(zmq.LINGER, 0)
+            zap.bind(ZAP_ENDPOINT)
         router = self._router = self._ctx.socket(zmq.ROUTER)
+        if self._auth is not None:
+            router.setsockopt(zmq.CURVE_SERVER, 1)
+            router.setsockopt(zmq.CURVE_SECRETKEY, self._auth.pair.secret)
+            router.setsockopt(zmq.CURVE_PUBLICKEY, self._auth.pair.public)
+            router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)   # unroutable -> EHOSTUNREACH, not silence
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)    # a restarted host may reuse its id at once
@@ -317,13 +368,15 @@ class Bus:
             tap.setsockopt(zmq.SNDHWM, TAP_HWM)
             tap.bind(_bindable(self.tap_endpoint))
             self.tap_endpoint = tap.getsockopt_string(zmq.LAST_ENDPOINT)
-        log.info("bus listening on %s (tap %s)", self.endpoint, self.tap_endpoint or "off")
+        log.info("bus listening on %s (%s; tap %s)", self.endpoint,
+                 "CURVE, hosts allow-listed in %s" % self._auth.clients_dir if self._auth
+                 else "no authentication", self.tap_endpoint or "off")
 
     def _close_sockets(self) -> None:
-        for sock in (self._router, self._tap):
+        for sock in (self._router, self._tap, self._zap):
             if sock is not None:
                 sock.close(linger=0)
-        self._router = self._tap = None
+        self._router = self._tap = self._zap = None
 
     def _loop(self) -> None:
         """Sleep on the sockets' file descriptors, then do everything under the lock.
@@ -335,14 +388,16 @@ class Bus:
         assert self._router is not None and self._mailbox is not None
         mailbox_fd = self._mailbox.fd
         tap_fd = self._tap.getsockopt(zmq.FD) if self._tap is not None else -1
-        fds = [self._router.getsockopt(zmq.FD), mailbox_fd] + ([tap_fd] if tap_fd >= 0 else [])
+        zap_fd = self._zap.getsockopt(zmq.FD) if self._zap is not None else -1
+        fds = [self._router.getsockopt(zmq.FD), mailbox_fd] + [
+            fd for fd in (tap_fd, zap_fd) if fd >= 0]
         waiter = fd_waiter(fds)
         try:
-            self._serve(waiter, mailbox_fd, tap_fd)
+            self._serve(waiter, mailbox_fd, tap_fd, zap_fd)
         finally:
             waiter.close()
 
-    def _serve(self, waiter: FdWaiter, mailbox_fd: int, tap_fd: int) -> None:
+    def _serve(self, waiter: FdWaiter, mailbox_fd: int, tap_fd: int, zap_fd: int) -> None:
         assert self._router is not None and self._mailbox is not None
         poll_ms = max(10, int(self._heartbeat * 250))
         tick, next_tick = poll_ms / 1000.0, 0.0
@@ -356,6 +411,8 @@ class Bus:
                 due = now >= next_tick
                 if tap_fd >= 0 and (due or tap_fd in ready):
                     self._guard(self._on_subscriptions)
+                if zap_fd >= 0 and (due or zap_fd in ready):
+                    self._guard(self._on_zap)
                 if due:
                     next_tick = now + tick
                     self._guard(self._timers)      # may send heartbeats: read after it
@@ -380,10 +437,15 @@ class Bus:
         until it says empty also re-arms ZMQ_FD, so the poll wakes for the next arrival."""
         router = self._router
         assert router is not None
+        size = 0
         for _ in range(RECV_BATCH):
             if not readable(router):
                 return
-            self._guard(self._on_frames, recv_frames(router, NOBLOCK))
+            frames = recv_frames(router, NOBLOCK)
+            self._guard(self._on_frames, frames)
+            size += sum(len(f) for f in frames)
+            if size > RECV_BATCH_BYTES:
+                break
         # More may be waiting: make sure the bus thread's poll wakes again for it.
         assert self._mailbox is not None
         self._mailbox.post("more")
@@ -393,8 +455,9 @@ class Bus:
     def _on_frames(self, frames: list[bytes]) -> None:
         self._tap_copy(b"in", frames)
         if len(frames) < 3 or frames[1] != PROTOCOL:
-            log.warning("bus: dropped a non-%s message (%d frames) from %r",
-                        PROTOCOL.decode(), len(frames), frames[0][:64])
+            if self._warn.allow(frames[0]):
+                log.warning("bus: dropped a non-%s message (%d frames) from %r",
+                            PROTOCOL.decode(), len(frames), frames[0][:64])
             return
         peer, command, body = frames[0], frames[2], frames[3:]
         host = self._hosts.get(peer)
@@ -402,14 +465,16 @@ class Bus:
             host.last_recv = time.monotonic()
         expected = _BODY_FRAMES.get(command)
         if expected is None or (host is None and command != READY):
-            log.warning("bus: unexpected %s from %s %r", _name(command),
-                        "host" if host else "unknown peer", peer[:64])
+            if self._warn.allow(peer):
+                log.warning("bus: unexpected %s from %s %r", _name(command),
+                            "host" if host else "unknown peer", peer[:64])
             if host is None and command != DISCONNECT:
                 self._send(peer, DISCONNECT)
             return
         if len(body) != expected:
-            log.warning("bus: %s from %r has %d body frames, expected %d",
-                        _name(command), peer[:64], len(body), expected)
+            if self._warn.allow(peer):
+                log.warning("bus: %s from %r has %d body frames, expected %d",
+                            _name(command), peer[:64], len(body), expected)
             return
         handler = {READY: self._on_ready, REPLY: self._on_reply, EVENT: self._on_event,
                    HEARTBEAT: self._on_heartbeat, DISCONNECT: self._on_disconnect}[command]
@@ -447,7 +512,8 @@ class Bus:
         try:
             intent = decode(body)
         except IntentError as exc:
-            log.warning("bus: bad REPLY from %r: %s", peer[:64], exc)
+            if self._warn.allow(peer):
+                log.warning("bus: bad REPLY from %r: %s", peer[:64], exc)
             key = self._match(peer, exc.request_code, None)
             if key is not None:
                 self._settle(key, error=P3DError(
@@ -465,11 +531,18 @@ class Bus:
         self._settle(key, result=intent)
 
     def _on_event(self, peer: bytes, body: bytes) -> None:
-        intent = decode(body)  # IntentError is logged by _guard
         mine = self._hosts[peer].plugin_ids
-        if intent.action is not Action.EVENT or intent.plugin_id not in mine:
-            log.warning("bus: dropped %s from %r for plug-in %r", intent.action.value, peer[:64],
-                        intent.plugin_id)
+        try:
+            intent = decode(body) if mine else None
+        except IntentError as exc:
+            if self._warn.allow(peer):
+                log.warning("bus: bad EVENT from %r: %s", peer[:64], exc)
+            return
+        if intent is None or intent.action is not Action.EVENT or intent.plugin_id not in mine:
+            if self._warn.allow(peer):
+                log.warning("bus: dropped %s from %r for plug-in %r",
+                            intent.action.value if intent else "an EVENT", peer[:64],
+                            intent.plugin_id if intent else None)
             return
         # Any lock holder may read this event; only the bus thread delivers, outside the lock
         # (a callback may call notify()), and in arrival order.
@@ -611,6 +684,49 @@ class Bus:
                 self._tap_topics.add(frame[1:])
             elif frame[:1] == b"\x00":
                 self._tap_topics.discard(frame[1:])
+
+    def _on_zap(self) -> None:
+        """Answer libzmq's ZAP requests (RFC 27): a CURVE client is admitted when its public
+        key is in the allow-list; the handshake of any other peer fails, so it never gets
+        to send a frame, let alone claim a host's routing id."""
+        zap = self._zap
+        assert zap is not None
+        for _ in range(RECV_BATCH):
+            if not readable(zap):
+                return
+            send_frames(zap, self._zap_answer(recv_frames(zap, NOBLOCK)), NOBLOCK)
+
+    def _zap_answer(self, frames: list[bytes]) -> list[bytes]:
+        request_id = frames[1] if len(frames) > 1 else b""
+        if len(frames) < 6 or frames[0] != b"1.0":
+            return [b"1.0", request_id, b"400", b"malformed ZAP request", b"", b""]
+        address, mechanism, credentials = frames[3], frames[5], frames[6:]
+        key = z85_of(credentials[0]) if mechanism == b"CURVE" and credentials else None
+        name = self._host_key(key) if key is not None else None
+        if name is not None:
+            return [b"1.0", request_id, b"200", b"OK", name.encode(), b""]
+        if self._warn.allow(b"zap:" + address):
+            log.warning("bus: refused a %s connection from %s%s", mechanism.decode(errors="replace"),
+                        address.decode(errors="replace"),
+                        f": key {key.decode()} is not in {self._auth.clients_dir}"
+                        if key is not None and self._auth else "")
+        return [b"1.0", request_id, b"400", b"not allowed", b"", b""]
+
+    def _host_key(self, key: bytes) -> str | None:
+        """The allow-listed name of `key`. An unknown key re-reads the directory when it has
+        changed since the last read (a newly copied host key needs no restart; a stranger
+        knocking again and again costs one stat)."""
+        name = self._allowed.get(key)
+        if name is None and self._auth is not None:
+            try:
+                stamp = self._auth.clients_dir.stat().st_mtime_ns
+            except OSError:
+                stamp = -1
+            if stamp != self._allowed_stamp:
+                self._allowed_stamp = stamp
+                self._allowed = allowed_keys(self._auth.clients_dir)
+                name = self._allowed.get(key)
+        return name
 
     def _tap_copy(self, direction: bytes, frames: list[bytes]) -> None:
         if self._tap is None or not self._tap_topics:

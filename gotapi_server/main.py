@@ -1,14 +1,18 @@
 """`serve(config)`: run the GotAPI server (HTTP + the Intent bus) under gunicorn."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
+from gotapi3dp.buskeys import SERVER_NAME, clients_dir, load_or_create_pair, server_dir
 from gotapi3dp.config import Config, ConfigError, check_bind_host
 from gotapi3dp.serving import WORKER_CLASSES, run_gunicorn
 
 from .app import create_app
+
+BUS_SECURITY = ("curve", "none")
 
 
 def serve(config: Config) -> None:
@@ -19,12 +23,17 @@ def serve(config: Config) -> None:
         raise ConfigError(f"gotapi.worker must be one of {', '.join(WORKER_CLASSES)}, "
                           f"not {gotapi.worker!r}")
     data_dir = config.dir_for("gotapi")
+    auth_dirs = bus_auth_dirs(gotapi.bus_security, data_dir)
     running: dict[str, Any] = {}
 
     def factory() -> Flask:
-        from .bus import Bus  # after fork: ZeroMQ contexts are not fork-safe
+        from .bus import Bus, BusAuth  # after fork: ZeroMQ contexts are not fork-safe
 
-        bus = Bus(gotapi.bus_endpoint, gotapi.tap_endpoint)
+        auth = None
+        if auth_dirs is not None:
+            pair = load_or_create_pair(auth_dirs[0], SERVER_NAME)
+            auth = BusAuth(pair, auth_dirs[1])
+        bus = Bus(gotapi.bus_endpoint, gotapi.tap_endpoint, auth=auth)
         bus.start()
         running["bus"] = bus
         return create_app(gotapi, data_dir, bus)
@@ -37,3 +46,13 @@ def serve(config: Config) -> None:
     run_gunicorn(factory, gotapi.host, gotapi.port, threads=gotapi.threads,
                  worker=gotapi.worker, connections=gotapi.connections,
                  name="gotapi-3dp-gotapi", on_exit=on_exit)
+
+
+def bus_auth_dirs(security: str, data_dir: Path) -> tuple[Path, Path] | None:
+    """(key pair directory, allow-list directory) for `bus_security`, or None for "none"."""
+    if security not in BUS_SECURITY:
+        raise ConfigError(f"gotapi.bus_security must be one of {', '.join(BUS_SECURITY)}, "
+                          f"not {security!r}")
+    if security == "none":
+        return None
+    return server_dir(data_dir), clients_dir(data_dir)

@@ -18,10 +18,12 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable
 
 import zmq
 
+from gotapi3dp.buskeys import KeyPair, read_public
 from gotapi3dp.config import PluginHostConfig
 from gotapi3dp.wire.busproto import (DISCONNECT, EVENT, HEARTBEAT, HEARTBEAT_INTERVAL,
                                      HEARTBEAT_LIVENESS, MAX_FRAME_BYTES, PROTOCOL, READY,
@@ -44,14 +46,34 @@ GOODBYE_LINGER_MS = 200  # let the final DISCONNECT leave before the socket clos
 WORKERS = 16
 
 
+@dataclasses.dataclass(frozen=True)
+class HostAuth:
+    """CURVE towards the bus (`gotapi3dp/buskeys.py`): this host's key pair and the server's
+    public key, given (`bus_server_key`) or read from `server_key_file` at each connect, so
+    a host started before the server finds it once the server has made it."""
+
+    pair: KeyPair
+    server_key: bytes | None = None
+    server_key_file: Path | None = None
+
+    def server_public(self) -> bytes:
+        if self.server_key:
+            return self.server_key
+        if self.server_key_file is None:
+            raise ValueError("no bus server key configured")
+        return read_public(self.server_key_file)
+
+
 class PluginHost:
     """Hosts plug-ins and connects them to the GotAPI server's bus."""
 
     def __init__(self, config: PluginHostConfig, plugins: list[Plugin], *,
                  heartbeat: float = HEARTBEAT_INTERVAL, liveness: int = HEARTBEAT_LIVENESS,
                  reconnect_min: float = RECONNECT_MIN, reconnect_max: float = RECONNECT_MAX,
-                 workers: int = WORKERS, idempotency: IdempotencyStore | None = None) -> None:
+                 workers: int = WORKERS, idempotency: IdempotencyStore | None = None,
+                 auth: HostAuth | None = None) -> None:
         self._config = config
+        self._auth = auth
         self._idempotency = idempotency
         self._plugins = {p.info.id: p for p in plugins}
         if len(self._plugins) != len(plugins):
@@ -128,8 +150,19 @@ class PluginHost:
 
     def _connect(self) -> None:
         assert self._ctx is not None
+        if self._auth is not None:
+            try:
+                server_key = self._auth.server_public()
+            except (OSError, ValueError) as exc:
+                log.warning("no public key of the bus server yet (%s); retrying", exc)
+                self._reconnect_later()
+                return
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if self._auth is not None:
+            sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, self._auth.pair.public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self._auth.pair.secret)
         sock.setsockopt(zmq.ROUTING_ID, self._config.host_id.encode())
         sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
         sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)

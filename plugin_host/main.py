@@ -4,11 +4,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
-from gotapi3dp.config import Config
+from gotapi3dp.buskeys import (CLIENT_NAME, SERVER_NAME, admit, clients_dir,
+                               load_or_create_pair, server_dir)
+from gotapi3dp.config import Config, ConfigError
 
-from .host import PluginHost
+from .host import HostAuth, PluginHost
 from .idempotency import IdempotencyStore
 
 log = logging.getLogger(__name__)
@@ -20,7 +23,8 @@ def serve(config: Config) -> None:
 
     plugins = build_plugins(config)
     idempotency = IdempotencyStore(config.dir_for("plugin_host") / "idempotency.sqlite3")
-    host = PluginHost(config.plugin_host, plugins, idempotency=idempotency)
+    host = PluginHost(config.plugin_host, plugins, idempotency=idempotency,
+                      auth=host_auth(config))
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -33,3 +37,27 @@ def serve(config: Config) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def host_auth(config: Config) -> HostAuth | None:
+    """CURVE keys for the bus (`gotapi3dp/buskeys.py`), per `[plugin_host] bus_security`.
+
+    Without `bus_server_key`, the server is taken to share this data dir: its public key is
+    read from there, and this host's own public key is put in its allow-list."""
+    settings = config.plugin_host
+    if settings.bus_security not in ("curve", "none"):
+        raise ConfigError(f"plugin_host.bus_security must be curve or none, "
+                          f"not {settings.bus_security!r}")
+    if settings.bus_security == "none":
+        return None
+    key_dir = config.dir_for("plugin_host") / "bus"
+    pair = load_or_create_pair(key_dir, CLIENT_NAME)
+    if settings.bus_server_key:
+        key = settings.bus_server_key.encode()
+        if len(key) != 40:
+            raise ConfigError("plugin_host.bus_server_key must be a CURVE public key "
+                              "(40 Z85 characters, the public-key line of server.key)")
+        return HostAuth(pair, server_key=key)
+    gotapi_dir = Path(config.data_dir) / "gotapi"
+    admit(clients_dir(gotapi_dir), settings.host_id, key_dir / f"{CLIENT_NAME}.key")
+    return HostAuth(pair, server_key_file=server_dir(gotapi_dir) / f"{SERVER_NAME}.key")

@@ -25,6 +25,7 @@ from gotapi3dp.wire.busproto import (
     Announce,
     PluginInfo,
 )
+from gotapi3dp.buskeys import KeyPair
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Action, Intent, decode, encode
 from gotapi_server.bus import Bus
@@ -71,10 +72,14 @@ class RawHost:
     """A DEALER driven by the test thread: speaks the bus protocol, or garbage on purpose."""
 
     def __init__(self, ctx: zmq.Context[Any], endpoint: str, host_id: str = "raw-host",
-                 plugins: tuple[str, ...] = ("echo",), reconnect: bool = True) -> None:
+                 plugins: tuple[str, ...] = ("echo",), reconnect: bool = True,
+                 curve: tuple[bytes, KeyPair] | None = None) -> None:
         self.host_id, self.plugins = host_id, plugins
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.linger = 0
+        if curve is not None:         # (server public key, this host's pair)
+            self.sock.curve_serverkey = curve[0]
+            self.sock.curve_publickey, self.sock.curve_secretkey = curve[1].public, curve[1].secret
         self.sock.routing_id = host_id.encode()
         if not reconnect:
             self.sock.setsockopt(zmq.RECONNECT_IVL, -1)

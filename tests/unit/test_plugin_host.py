@@ -429,7 +429,7 @@ def _answers(bus: Bus) -> bool:
         return False
 
 
-def test_serve_runs_until_sigterm(bus, monkeypatch) -> None:
+def test_serve_runs_until_sigterm(bus, monkeypatch, tmp_path) -> None:
     import sys
     import types
 
@@ -439,8 +439,9 @@ def test_serve_runs_until_sigterm(bus, monkeypatch) -> None:
     fake = types.ModuleType("plugin_host.printer3d.plugin")
     fake.build_plugins = lambda config: [EchoPlugin()]  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "plugin_host.printer3d.plugin", fake)
-    config = Config()
+    config = Config(data_dir=tmp_path)
     config.plugin_host.bus_endpoint = bus.endpoint
+    config.plugin_host.bus_security = "none"     # the `bus` fixture takes any peer
     before = signal.getsignal(signal.SIGTERM)
     seen: list[bool] = []
 

@@ -1,0 +1,195 @@
+"""CURVE on the bus: only allow-listed plug-in hosts get in (review: any local process could
+take over `plugin-host-1` with ROUTER_HANDOVER and answer apps, contents keys included)."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import zmq
+
+from gotapi3dp.buskeys import (CLIENT_NAME, SERVER_NAME, admit, allowed_keys, clients_dir,
+                               load_or_create_pair, server_dir)
+from gotapi3dp.config import Config, ConfigError
+from gotapi3dp.wire.busproto import HEARTBEAT, PROTOCOL
+from gotapi_server.bus import Bus, BusAuth
+from plugin_host.host import HostAuth, PluginHost
+from plugin_host.main import host_auth
+
+from .bus_support import online, wait_until
+from .test_bus import HB, PATIENT, RawHost, get
+from .test_plugin_host import EchoPlugin
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def gotapi_dir(tmp_path: Path) -> Path:
+    return tmp_path / "gotapi"
+
+
+@pytest.fixture
+def bus(gotapi_dir: Path) -> Iterator[Bus]:
+    pair = load_or_create_pair(server_dir(gotapi_dir), SERVER_NAME)
+    b = Bus("tcp://127.0.0.1:0", None, heartbeat=HB, liveness=PATIENT,
+            auth=BusAuth(pair, clients_dir(gotapi_dir)))
+    b.start()
+    yield b
+    b.stop()
+
+
+def _host_pair(tmp_path: Path, name: str) -> tuple[Path, Any]:
+    directory = tmp_path / name
+    return directory, load_or_create_pair(directory, CLIENT_NAME)
+
+
+def _server_public(gotapi_dir: Path) -> bytes:
+    return load_or_create_pair(server_dir(gotapi_dir), SERVER_NAME).public
+
+
+# ---- key files ----
+
+def test_a_pair_is_made_once_private_and_the_same_for_every_caller(tmp_path: Path) -> None:
+    directory = tmp_path / "keys"
+    with ThreadPoolExecutor(8) as pool:
+        pairs = set(pool.map(lambda _: load_or_create_pair(directory, "server"), range(16)))
+    assert len(pairs) == 1
+    secret = directory / "server.key_secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert (directory / "server.key").read_text().count(pairs.pop().public.decode()) == 1
+    assert not [p for p in directory.iterdir() if p.name.startswith("tmp")]
+
+
+def test_the_allow_list_skips_stray_files_and_admit_is_idempotent(tmp_path: Path) -> None:
+    clients = tmp_path / "clients"
+    directory, pair = _host_pair(tmp_path, "host")
+    admit(clients, "host-a", directory / f"{CLIENT_NAME}.key")
+    admit(clients, "host-a", directory / f"{CLIENT_NAME}.key")
+    (clients / "junk.key").write_text("not a certificate")
+    (clients / "notes.txt").write_text("ignored")
+    assert allowed_keys(clients) == {pair.public: "host-a"}
+
+
+# ---- the bus ----
+
+def test_an_allow_listed_host_is_served(ctx, bus, gotapi_dir, tmp_path) -> None:
+    directory, pair = _host_pair(tmp_path, "host")
+    admit(clients_dir(gotapi_dir), "raw-host", directory / f"{CLIENT_NAME}.key")
+    host = RawHost(ctx, bus.endpoint, curve=(_server_public(gotapi_dir), pair))
+    host.ready()
+    assert wait_until(lambda: online(bus, "echo"))
+    with ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(bus.request, get(word="hi"), "echo", 5.0)
+        host.answer()
+        assert fut.result(timeout=5).params == {"echo": {"word": "hi"}}
+
+
+def test_a_peer_without_curve_can_neither_register_nor_take_over_a_host(
+        ctx, bus, gotapi_dir, tmp_path) -> None:
+    directory, pair = _host_pair(tmp_path, "host")
+    admit(clients_dir(gotapi_dir), "raw-host", directory / f"{CLIENT_NAME}.key")
+    real = RawHost(ctx, bus.endpoint, curve=(_server_public(gotapi_dir), pair))
+    real.ready()
+    assert wait_until(lambda: online(bus, "echo"))
+    intruder = RawHost(ctx, bus.endpoint, host_id="raw-host", plugins=("evil",))
+    intruder.ready()                                  # its own plug-in, then ...
+    for _ in range(5):
+        intruder.send(PROTOCOL, HEARTBEAT)            # ... the real host's id (HANDOVER)
+    with ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(bus.request, get(word="mine"), "echo", 5.0)
+        real.answer()                                 # the request still reaches the real host
+        assert fut.result(timeout=5).params == {"echo": {"word": "mine"}}
+    assert intruder.recv(timeout=0.5) is None
+    assert not online(bus, "evil")
+
+
+def test_an_unknown_key_is_refused_and_logged_until_it_is_allow_listed(
+        ctx, bus, gotapi_dir, tmp_path, caplog) -> None:
+    directory, pair = _host_pair(tmp_path, "host")
+    curve = (_server_public(gotapi_dir), pair)
+    with caplog.at_level(logging.WARNING, logger="gotapi_server.bus"):
+        stranger = RawHost(ctx, bus.endpoint, curve=curve, reconnect=False)
+        stranger.ready()
+        assert wait_until(lambda: "refused a CURVE connection" in caplog.text)
+    assert pair.public.decode() in caplog.text and not online(bus, "echo")
+    stranger.sock.close(linger=0)
+    admit(clients_dir(gotapi_dir), "raw-host", directory / f"{CLIENT_NAME}.key")  # no restart
+    known = RawHost(ctx, bus.endpoint, curve=curve)
+    known.ready()
+    assert wait_until(lambda: online(bus, "echo"))
+
+
+# ---- the plug-in host's side ----
+
+def test_a_host_sharing_the_data_dir_admits_itself_and_finds_the_server_key_later(
+        tmp_path: Path) -> None:
+    """In `up`, the host may start before the server has made its key: it retries."""
+    config = Config(data_dir=tmp_path)
+    auth = host_auth(config)
+    assert auth is not None and auth.server_key_file is not None
+    gotapi_dir = tmp_path / "gotapi"
+    assert allowed_keys(clients_dir(gotapi_dir)) == {auth.pair.public: "plugin-host-1"}
+    config.plugin_host.bus_endpoint = "tcp://127.0.0.1:0"
+    host = PluginHost(config.plugin_host, [EchoPlugin()], heartbeat=HB, reconnect_min=0.05,
+                      reconnect_max=0.1, auth=auth)
+    stop = threading.Event()
+    runner = threading.Thread(target=host.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        pair = load_or_create_pair(server_dir(gotapi_dir), SERVER_NAME)   # server starts now
+        b = Bus("tcp://127.0.0.1:0", None, heartbeat=HB, liveness=PATIENT,
+                auth=BusAuth(pair, clients_dir(gotapi_dir)))
+        b.start()
+        try:
+            host._config.bus_endpoint = b.endpoint   # (the port is only known now)
+            assert wait_until(lambda: online(b, "echo"), timeout=5)
+        finally:
+            b.stop()
+    finally:
+        stop.set()
+        runner.join(timeout=5)
+
+
+def test_a_given_server_key_is_used_and_checked(tmp_path: Path) -> None:
+    config = Config(data_dir=tmp_path)
+    config.plugin_host.bus_server_key = "short"
+    with pytest.raises(ConfigError, match="40 Z85 characters"):
+        host_auth(config)
+    key = load_or_create_pair(tmp_path / "elsewhere", SERVER_NAME).public
+    config.plugin_host.bus_server_key = key.decode()
+    auth = host_auth(config)
+    assert auth == HostAuth(auth.pair, server_key=key)
+    assert not (tmp_path / "gotapi").exists()       # a remote server: nothing admitted here
+    config.plugin_host.bus_security = "tls"
+    with pytest.raises(ConfigError, match="curve or none"):
+        host_auth(config)
+    config.plugin_host.bus_security = "none"
+    assert host_auth(config) is None
+
+
+def test_an_unknown_bus_security_is_a_config_error(tmp_path: Path) -> None:
+    from gotapi_server.main import bus_auth_dirs
+    with pytest.raises(ConfigError, match="gotapi.bus_security"):
+        bus_auth_dirs("plain", tmp_path)
+    assert bus_auth_dirs("none", tmp_path) is None
+    assert bus_auth_dirs("curve", tmp_path) == (tmp_path / "bus", tmp_path / "bus" / "clients")
+
+
+def test_no_key_file_is_left_world_readable(tmp_path: Path) -> None:
+    host_auth(Config(data_dir=tmp_path))
+    for path in tmp_path.rglob("*"):
+        if path.name.endswith("_secret"):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert shutil.which("true") is None or os.access(tmp_path, os.R_OK)
