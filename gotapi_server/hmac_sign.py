@@ -14,10 +14,13 @@ import hmac
 import json
 import re
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g
 from werkzeug.exceptions import HTTPException
 
+from gotapi3dp.wire.errors import P3DError
+
 from .auth import AuthStore
+from .params import request_params
 from .responses import CONTENT_TYPE
 
 
@@ -37,10 +40,11 @@ def init_app(app: Flask, auth: AuthStore) -> None:
     def add_hmac(resp: Response) -> Response:
         origin = g.get("origin")
         try:
-            nonce = request.values.get("nonce") if origin is not None else None
-        except HTTPException:  # an unreadable body was answered already
+            nonce = request_params().get("nonce") if origin is not None else None
+        except (HTTPException, P3DError):  # an unreadable body was answered already
             return resp
         if (not nonce or origin is None or resp.content_type != CONTENT_TYPE
+                or not isinstance(nonce, str)
                 or not valid_nonce(nonce)):   # a refused nonce (error 10) is not signed
             return resp
         key = auth.hmac_key(origin)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import request
+from flask import g, request
 
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 
@@ -79,10 +79,14 @@ def _utf8(raw: bytes) -> bool:
 
 
 def request_params() -> dict[str, Any]:
-    """All parameters of this request; the body wins over the query string."""
-    params: dict[str, Any] = request.args.to_dict()
-    params.update(_body())
-    return params
+    """All parameters of this request (a fresh dict); the body wins over the query string.
+    Read once per request: the checks (`nonce`) and the view see the same values."""
+    params: dict[str, Any] | None = g.get("_params")
+    if params is None:
+        params = request.args.to_dict()
+        params.update(_body())
+        g._params = params
+    return dict(params)
 
 
 def optional_str(params: dict[str, Any], name: str) -> str | None:

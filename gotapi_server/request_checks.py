@@ -23,7 +23,7 @@ from gotapi3dp.config import GotapiConfig
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 
 from .hmac_sign import valid_nonce
-from .params import read_body
+from .params import read_body, request_params
 from .paths import API_METHODS, is_api_path
 
 ORIGIN_HEADER = "X-GotAPI-Origin"
@@ -109,8 +109,8 @@ def init_app(app: Flask, config: GotapiConfig) -> None:
         g.origin = request_origin(config)
         if request.method != "GET":
             read_body()  # size-checked and cached before the form parser reads the stream
-        nonce = request.values.get("nonce")
-        if nonce is not None and not valid_nonce(nonce):
+        nonce = request_params().get("nonce")   # query, form or JSON body: the body wins
+        if nonce is not None and (not isinstance(nonce, str) or not valid_nonce(nonce)):
             raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER,
                            "nonce must be 8 to 256 hex digits.")
         return None

@@ -13,18 +13,20 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import threading
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, request
 from flask_sock import ConnectionClosed, Sock
 
 from gotapi3dp.config import GotapiConfig
-from gotapi3dp.wire.errors import P3DError
+from gotapi3dp.wire.errors import ErrorCode, P3DError
 
 from .auth import AuthStore
 from .events import EventHub, Session
 from .request_checks import request_origin
+from .responses import error_body, json_response
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ PATH = "/gotapi/websocket"
 KEEPALIVE = 3.0            # seconds between pings (Device Connect: 3 s)
 HANDSHAKE_TIMEOUT = 10.0   # the first message must come within this
 MAX_MESSAGE = 64 * 1024
+_WS_KEY = re.compile(r"^[A-Za-z0-9+/]{22}==$")   # 16 bytes, base64
 SEND_POLL = 5.0            # the sender's own look at the socket (the watcher wakes it first)
 
 NO_TOKEN, NO_ORIGIN, BAD_TOKEN, ALREADY_CONNECTED, UNPARSABLE = 1, 2, 3, 4, 5
@@ -58,7 +61,7 @@ def handshake(raw: Any, origin: str | None, auth: AuthStore) -> None:
         raise Refused(NO_TOKEN)
     try:
         message = json.loads(raw) if isinstance(raw, (str, bytes)) else None
-    except ValueError:
+    except (ValueError, RecursionError):   # 30000 nested brackets fit in MAX_MESSAGE
         message = None
     if not isinstance(message, dict):
         raise Refused(UNPARSABLE)
@@ -71,6 +74,26 @@ def handshake(raw: Any, origin: str | None, auth: AuthStore) -> None:
         auth.check(token, origin, None)
     except P3DError:
         raise Refused(BAD_TOKEN) from None
+
+
+def upgrade_refusal(environ: dict[str, Any]) -> Response | None:
+    """The answer to a WebSocket upgrade the WebSocket library would fail on with a
+    traceback (RFC 6455 4.2.1-4.2.2): 426 with the one version we speak, or 400 for a
+    missing `Connection: Upgrade` or a key that is not 16 bytes in base64. None: fine."""
+    if environ.get("HTTP_SEC_WEBSOCKET_VERSION") != "13":
+        resp = json_response(error_body(ErrorCode.INVALID_REQUEST_PARAMETER,
+                                        "WebSocket version 13 only (Sec-WebSocket-Version)."),
+                             426)
+        resp.headers["Sec-WebSocket-Version"] = "13"
+        return resp
+    connection = environ.get("HTTP_CONNECTION", "").lower()
+    if "upgrade" not in (part.strip() for part in connection.split(",")):
+        return json_response(error_body(ErrorCode.INVALID_REQUEST_PARAMETER,
+                                        "A WebSocket upgrade needs Connection: Upgrade."), 400)
+    if not _WS_KEY.fullmatch(environ.get("HTTP_SEC_WEBSOCKET_KEY", "")):
+        return json_response(error_body(ErrorCode.INVALID_REQUEST_PARAMETER,
+                                        "Sec-WebSocket-Key must be 16 bytes in base64."), 400)
+    return None
 
 
 def _pump(ws: Any, outbox: "queue.Queue[str | None]") -> None:
@@ -105,6 +128,12 @@ def init_app(app: Flask, config: GotapiConfig, auth: AuthStore, hub: EventHub) -
     app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": KEEPALIVE,
                                          "max_message_size": MAX_MESSAGE}
     sock = Sock(app)
+
+    @app.before_request
+    def check_upgrade() -> Response | None:
+        if request.path == PATH and request.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+            return upgrade_refusal(request.environ)
+        return None
 
     @sock.route(PATH)
     def websocket(ws: Any) -> None:

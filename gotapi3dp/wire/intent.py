@@ -126,7 +126,10 @@ def encode(intent: Intent) -> bytes:
     so a peer never has to answer our own malformed message."""
     m = intent.to_map()
     _fields(m)
-    data = msgpack.packb(m, use_bin_type=True)
+    try:
+        data = msgpack.packb(m, use_bin_type=True)
+    except OverflowError:   # an int outside msgpack's 64 bits (JSON allows any size)
+        raise IntentError("a number does not fit in 64 bits", intent.request_code) from None
     if len(data) > MAX_INTENT_BYTES:
         raise IntentError(f"intent is {len(data)} bytes, limit {MAX_INTENT_BYTES}",
                           intent.request_code)

@@ -5,7 +5,7 @@ Checks, in Device Connect's order: the access token with the profile as scope (1
 plug-in (2), the parameters against the profile's Swagger document the plug-in announced
 (`apispec`: 4, 8, 3, 10 naming the parameter), the plug-in online (17); then the request
 Intent (action = HTTP method, profile lower-cased, local service id, origin, parameters
-without accessToken/serviceId/idempotencyKey, the idempotency key) and its RESPONSE:
+without accessToken/serviceId/idempotencyKey/nonce, the idempotency key) and its RESPONSE:
 result 0 -> params merged into the answer, else errorCode/errorMessage. A successful PUT or
 DELETE on an `x-type: event` operation (un)registers the origin's GotAPI-5 events.
 
@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("forward", __name__, url_prefix="/gotapi")
 
-_STRIPPED = ("accessToken", "serviceId", "idempotencyKey")
+# Not the plug-in's business: the server's own parameters (a `nonce` is answered by the
+# server's `hmac`; forwarded, a retry's fresh nonce made its idempotency key look reused).
+_STRIPPED = ("accessToken", "serviceId", "idempotencyKey", "nonce")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _IDEMPOTENCY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 IDEMPOTENCY_HEADER = "Idempotency-Key"

@@ -280,3 +280,73 @@ def test_session_stop_drops_the_queue_and_wakes_the_sender() -> None:
     session.stop()
     assert session.outbox.get_nowait() is None
     assert session.outbox.empty()
+
+
+# ---- review: nonce in any body, never forwarded; WebSocket upgrades and handshakes ----
+
+def _signed(key: str, nonce: str) -> str:
+    return hmac.new(bytes.fromhex(key), bytes.fromhex(nonce), hashlib.sha256).hexdigest()
+
+
+def test_a_nonce_in_a_json_body_is_checked_and_signed_and_the_body_wins(tmp_path: Path) -> None:
+    client = make_app(tmp_path).test_client()
+    key = "00112233445566778899aabbccddeeff"
+    client.get("/gotapi/availability", headers=HEADERS, query_string={"key": key})
+    body = client.post("/gotapi/authorization/grant", headers=HEADERS,
+                       json={"nonce": "0a0b0c0d0e0f1011"}).get_json()
+    assert body["hmac"] == _signed(key, "0a0b0c0d0e0f1011")
+    both = client.post("/gotapi/authorization/grant", headers=HEADERS,
+                       query_string={"nonce": "1111111111111111"},
+                       data={"nonce": "2222222222222222"}).get_json()
+    assert both["hmac"] == _signed(key, "2222222222222222")
+    for bad in ("zz", 12345678, ["0a0b0c0d"]):
+        refused = client.post("/gotapi/authorization/grant", headers=HEADERS,
+                              json={"nonce": bad}).get_json()
+        assert refused["errorCode"] == 10 and "hmac" not in refused, bad
+
+
+def test_the_nonce_is_not_forwarded_so_a_retry_keeps_its_idempotency_key(tmp_path: Path) -> None:
+    bus = printer_bus(lambda i: i.response({"jobId": "j1"}))
+    client = make_app(tmp_path, bus=bus).test_client()
+    token = get_token(client)
+    for nonce in ("0a0b0c0d", "1a1b1c1d"):          # a Device Connect retry: a fresh nonce
+        client.post("/gotapi/printer3d/print", headers={**HEADERS, "Idempotency-Key": "k-1"},
+                    data={"serviceId": SERVICE, "accessToken": token, "connectionId": "c1",
+                          "nonce": nonce})
+    sent = [(i.params, i.idempotency_key) for i, _, _ in bus.sent if i.attribute == "print"]
+    assert sent == [({"connectionId": "c1"}, "k-1")] * 2
+
+
+def test_an_integer_beyond_64_bits_is_10_not_a_traceback(tmp_path: Path) -> None:
+    bus = printer_bus(lambda i: (encode(i), i.response({}))[1])   # encodes, as the bus does
+    client = make_app(tmp_path, bus=bus).test_client()
+    token = get_token(client)
+    body = client.post("/gotapi/printer3d/print", headers=HEADERS,
+                       json={"serviceId": SERVICE, "accessToken": token, "connectionId": "c1",
+                             "x": 123456789012345678901234567890}).get_json()
+    assert body["errorCode"] == 10 and "Intent" in body["errorMessage"]
+
+
+@pytest.mark.parametrize("headers,status", [
+    ({"Sec-WebSocket-Version": "8"}, 426),
+    ({}, 426),                                                   # no version at all
+    ({"Sec-WebSocket-Version": "13", "Connection": "keep-alive"}, 400),
+    ({"Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "short"}, 400),
+    ({"Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": None}, 400),
+])
+def test_a_malformed_websocket_upgrade_is_refused_in_json(tmp_path: Path, headers: dict,
+                                                         status: int) -> None:
+    upgrade = {**HEADERS, "Upgrade": "websocket", "Connection": "Upgrade",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", **headers}
+    resp = make_app(tmp_path).test_client().get(
+        "/gotapi/websocket", headers={k: v for k, v in upgrade.items() if v is not None})
+    assert resp.status_code == status and resp.get_json()["errorCode"] == 10
+    if status == 426:
+        assert resp.headers["Sec-WebSocket-Version"] == "13"
+
+
+def test_a_deeply_nested_handshake_message_is_unparsable(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    with pytest.raises(Refused) as refused:
+        handshake("[" * 30000 + "]" * 30000, ORIGIN, app.extensions["gotapi"].auth)
+    assert refused.value.code == UNPARSABLE
