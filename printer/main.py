@@ -63,7 +63,9 @@ class Printer:
     def accept(self, token: str, now: float | None = None) -> tuple[JobRecord, bool]:
         """Steps 9-10: check and redeem `token`, then hand the job to the runner.
 
-        Returns (job, started). The same token returns its existing job, except one that
+        Returns (job, started). The same token returns its existing job (a failed one raises
+        its error again, so a retried Printing Command never hears "started" for a job that
+        failed), except one that
         failed before the contents server could be reached (CONTENTS_UNAVAILABLE): that job
         id is reused, the job goes back to `queued` and is tried again (one token, one job;
         the server's single ISSUED -> REDEEMED keeps it to one print). A busy printer answers
@@ -74,6 +76,8 @@ class Printer:
         with self._accept_lock:
             existing = self.jobs.get(job_id)
             if existing is not None and not _retryable(existing):
+                if existing.state is JobState.FAILED:
+                    raise _stored_error(existing)   # a retry hears what the first one heard
                 return existing, False
             self.runner.reserve(job_id)
             try:
@@ -127,6 +131,16 @@ class Printer:
             self.firmware.stop()
         self.http.close()
         self.jobs.close()
+
+
+def _stored_error(job: JobRecord) -> P3DError:
+    """The error a failed job carries, to raise again."""
+    error = job.view.error or {}
+    try:
+        code = ErrorCode(error.get("code"))
+    except ValueError:
+        code = ErrorCode.UNKNOWN
+    return P3DError(code, str(error.get("message") or "the job failed"))
 
 
 def _retryable(job: JobRecord) -> bool:

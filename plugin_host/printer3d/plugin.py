@@ -150,6 +150,9 @@ class Printer3DPlugin(Plugin):
         """Printing Command (steps 7-12): hand the sealed token to the printer."""
         conn = self._connections.get(_param(intent, "connectionId"), printer.service_id,
                                      intent.origin or "")
+        if conn.job_id is None and conn.expires_at <= time.time():
+            raise P3DError(ErrorCode.CONNECTION_EXPIRED,
+                           "the connection's secure token has expired; connect again")
         job = self._clients[printer.service_id].submit(conn.token)
         self._connections.set_job(conn.id, job["id"])
         return {"jobId": job["id"]}

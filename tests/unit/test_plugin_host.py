@@ -397,8 +397,8 @@ def test_restart_while_old_connection_still_holds_the_id(bus, hosts) -> None:
         zombie.send_multipart([PROTOCOL, READY,
                                msgpack.packb(Announce("host-1", infos).to_map())])
         assert wait_until(lambda: online(bus, "echo"))
-        hosts("host-1")  # second READY -> DISCONNECT -> fresh socket after back-off -> online
-        assert wait_until(lambda: _answers(bus), timeout=5)
+        hosts("host-1")  # a second READY on the id: registered again at once
+        assert wait_until(lambda: _answers(bus), timeout=2)
     finally:
         ctx.destroy(linger=0)
 
@@ -494,3 +494,38 @@ def test_printer3d_status_fast_path_and_one_refresh_at_a_time(monkeypatch) -> No
         release.set()
         assert refresher.result(5).params["temperatures"] == {"n": 2}
     assert len(calls) == 2
+
+
+def test_printing_an_expired_connection_is_1111_and_never_reaches_the_printer(tmp_path) -> None:
+    """Review: 1111 was documented but never produced; the printer recorded a failed job."""
+    import time as _time
+
+    from gotapi3dp.config import PrinterEntry
+    from plugin_host.printer3d import plugin as p3d
+    from plugin_host.printer3d.connections import ConnectionStore
+
+    store = ConnectionStore(tmp_path / "connections.sqlite3")
+    plugin = p3d.Printer3DPlugin([PrinterEntry()], None, store, 1.0,  # type: ignore[arg-type]
+                                 follow_jobs=False)
+    submitted: list[str] = []
+
+    class Printer:
+        def submit(self, token: str) -> dict:
+            submitted.append(token)
+            return {"id": "j" * 32}
+
+    plugin._clients["printer-1"] = Printer()  # type: ignore[assignment]
+    origin = "http://localhost"
+    stale = store.add("printer-1", origin, "p3t1.sealed", {"id": "c"}, _time.time() - 1)
+    fresh = store.add("printer-1", origin, "p3t1.sealed2", {"id": "c"}, _time.time() + 60)
+
+    def print_(conn_id: str) -> dict:
+        return plugin.print_(PrinterEntry(), Intent(Action.POST, profile="printer3d",
+                                                    attribute="print", origin=origin,
+                                                    params={"connectionId": conn_id}))
+    with pytest.raises(P3DError) as expired:
+        print_(stale.id)
+    assert expired.value.code == ErrorCode.CONNECTION_EXPIRED and submitted == []
+    assert print_(fresh.id) == {"jobId": "j" * 32}
+    store.set_job(stale.id, "k" * 32)        # a connection that already printed: a retry
+    assert print_(stale.id) == {"jobId": "j" * 32} and len(submitted) == 2
