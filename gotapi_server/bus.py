@@ -43,6 +43,7 @@ from gotapi3dp.zmqio import NOBLOCK, readable, recv_frames, send_frames
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Action, Intent, IntentError, decode, encode
 
+from .apispec import check_document
 from .fdwait import FdWaiter, fd_waiter, gevent_patched
 from .latch import Latch, latch_factory
 from .redaction import redact_body
@@ -482,14 +483,22 @@ class Bus:
 
     def _on_ready(self, peer: bytes, body: bytes) -> None:
         if peer in self._hosts:
-            log.warning("bus: second READY from %r; disconnecting it", peer)
-            self._drop_host(peer, "sent a second READY")
-            self._send(peer, DISCONNECT)
-            return
+            # The same routing id on a fresh connection (ROUTER_HANDOVER): the host came back
+            # before its old link expired. With CURVE only an allow-listed key gets here, so
+            # it is taken at its word: the old registration goes, the new one counts (refusing
+            # it cost a reconnect's back-off of outage).
+            self._drop_host(peer, "reconnected")
         try:
             announce = decode_announce(body)
+            for plugin in announce.plugins:
+                for profile, doc in (plugin.apis or {}).items():
+                    try:
+                        check_document(doc)
+                    except ValueError as exc:
+                        raise IntentError(f"plug-in {plugin.id}, profile {profile}: {exc}")
         except IntentError as exc:
-            log.warning("bus: bad READY from %r: %s", peer[:64], exc)
+            if self._warn.allow(peer):
+                log.error("bus: refused READY from %r: %s", peer[:64], exc)
             self._send(peer, DISCONNECT)
             return
         taken = [p.id for p in announce.plugins if p.id in self._records

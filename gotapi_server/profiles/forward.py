@@ -62,8 +62,10 @@ def call_plugin(intent: Intent, plugin: PluginLike) -> Response:
         raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER,
                        "Request parameters do not fit in an Intent.") from None
     if answer.result != 0:
-        raise P3DError(answer.error_code or ErrorCode.UNKNOWN,
-                       answer.error_message or "The plug-in reported an error.")
+        code = answer.error_code
+        if code is None or not 0 < code < 1 << 31:   # a plug-in's -5 or 2**63 is no code
+            code = ErrorCode.UNKNOWN
+        raise P3DError(code, answer.error_message or "The plug-in reported an error.")
     return ok(**answer.params)
 
 

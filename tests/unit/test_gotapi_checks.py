@@ -222,3 +222,50 @@ def test_a_form_body_that_is_not_utf8_is_10_not_a_missing_token(tmp_path: Path) 
                        data=(f"serviceId=printer-1.printer3d&accessToken={token}"
                              "&contentId=ab&contentsKey=\xff").encode("latin-1")).get_json()
     assert body["errorCode"] == 10 and body["errorMessage"] == "Body is not valid UTF-8.", body
+
+
+# ---- review: a plug-in's Swagger document cannot freeze the server ----
+
+def _doc(**spec) -> dict:
+    return {"paths": {"/echo": {"get": {"parameters": [{"name": "word", "in": "query",
+                                                         "type": "string", **spec}]}}}}
+
+
+def test_a_catastrophic_pattern_answers_at_once() -> None:
+    """`^(a+)+$` on 32 a's and a `!` is minutes of backtracking in Python's `re` (5.6 s at
+    27); RE2 answers in linear time, so this returns."""
+    from gotapi3dp.wire.errors import P3DError
+    from gotapi_server.apispec import check_request
+
+    doc = _doc(pattern="^(a+)+$")
+    with pytest.raises(P3DError) as refused:
+        check_request(doc, "GET", None, "echo", {"word": "a" * 32 + "!"})
+    assert refused.value.code == 10 and "word has an invalid format" in refused.value.message
+    check_request(doc, "GET", None, "echo", {"word": "a" * 32})
+
+
+def test_a_closing_dollar_is_the_end_of_the_value() -> None:
+    from gotapi3dp.wire.errors import P3DError
+    from gotapi_server.apispec import check_request
+
+    doc = _doc(pattern="^[0-9a-f]{4}$")
+    check_request(doc, "GET", None, "echo", {"word": "beef"})
+    with pytest.raises(P3DError):
+        check_request(doc, "GET", None, "echo", {"word": "beef\n"})
+
+
+@pytest.mark.parametrize("spec,why", [
+    ({"pattern": r"(a)\1"}, "is not usable"),            # a backreference: not RE2
+    ({"pattern": "(?=a)a"}, "is not usable"),            # lookahead
+    ({"pattern": "(unclosed"}, "is not usable"),
+    ({"pattern": 5}, "pattern must be a string"),
+    ({"maxLength": "ten"}, "maxLength must be a non-negative integer"),
+    ({"minLength": -1}, "minLength must be a non-negative integer"),
+    ({"minimum": "x"}, "minimum must be a number"),
+    ({"enum": "ab"}, "enum must be a list"),
+])
+def test_a_document_the_checks_cannot_apply_is_refused(spec: dict, why: str) -> None:
+    from gotapi_server.apispec import check_document
+
+    with pytest.raises(ValueError, match=why):
+        check_document(_doc(**spec))

@@ -1,8 +1,11 @@
 """GotAPI-1 plug-in requests: discovery, serviceInformation, system, and the forwarder."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
+
+import pytest
 
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Action, Intent
@@ -62,6 +65,14 @@ def test_plugin_error_passes_through(tmp_path: Path) -> None:
     client, token = _client(tmp_path, bus)
     body = _get(client, "/gotapi/printer3d/job", token, serviceId=SERVICE, jobId="x")
     assert (body["result"], body["errorCode"], body["errorMessage"]) == (1, 1303, "no such job")
+
+
+@pytest.mark.parametrize("code", [-5, 0, 1 << 40])
+def test_a_plugin_error_code_out_of_range_is_1(tmp_path: Path, code: int) -> None:
+    bus = printer_bus(lambda i: dataclasses.replace(i.error(1303, "odd"), error_code=code))
+    client, token = _client(tmp_path, bus)
+    body = _get(client, "/gotapi/printer3d/job", token, serviceId=SERVICE, jobId="x")
+    assert (body["result"], body["errorCode"], body["errorMessage"]) == (1, 1, "odd")
 
 
 def test_empty_access_token_is_13(tmp_path: Path) -> None:
