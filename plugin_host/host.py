@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from gotapi3dp.buskeys import KeyPair, read_public
 from gotapi3dp.config import PluginHostConfig
@@ -44,6 +45,8 @@ DISCOVERY_ATTRIBUTE = "getNetworkServices"
 SEND_TIMEOUT_MS = 100
 GOODBYE_LINGER_MS = 200  # let the final DISCONNECT leave before the socket closes
 WORKERS = 16
+_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +91,7 @@ class PluginHost:
         # Owned by the loop thread (inside run()):
         self._ctx: zmq.Context[Any] | None = None
         self._socket: zmq.Socket[Any] | None = None
+        self._monitor: zmq.Socket[Any] | None = None   # the DEALER's handshake events (CURVE)
         self._poll_items: list[tuple[Any, int]] = []   # what the loop waits on (zmq_poll)
         self._pool: ThreadPoolExecutor | None = None
         self._last_recv = self._last_send = 0.0
@@ -118,6 +122,8 @@ class PluginHost:
         ready = poll_readable(self._poll_items, max(10, int(self._heartbeat * 250)))
         if self._socket is not None and self._socket in ready:
             self._receive_batch()
+        if self._monitor is not None and self._monitor in ready:
+            self._guard(self._on_handshake)
         if self._mailbox.fd in ready:
             for item in self._mailbox.drain():
                 self._guard(self._outgoing, item)
@@ -168,6 +174,8 @@ class PluginHost:
         sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
         sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        if self._auth is not None:
+            self._monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
         sock.connect(self._config.bus_endpoint)
         self._socket = sock
         self._reset_poll_items()
@@ -177,10 +185,33 @@ class PluginHost:
         log.info("connecting to %s as %s", self._config.bus_endpoint, self._config.host_id)
 
     def _close(self, linger: int = 0) -> None:
+        if self._monitor is not None:
+            if self._socket is not None:
+                self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self._socket is not None:
             self._socket.close(linger=linger)
             self._socket = None
             self._reset_poll_items()
+
+    def _on_handshake(self) -> None:
+        """A failed CurveZMQ handshake is a configuration error, not a silent server: say
+        which, and retry after the back-off (not libzmq's 100 ms retries, each refused)."""
+        while self._monitor is not None and readable(self._monitor):
+            event = recv_monitor_message(self._monitor, NOBLOCK)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                continue
+            where = self._config.bus_endpoint
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                log.error("the bus at %s refused this host's key: it is not in the server's "
+                          "allow-list (copy this host's plugin_host/bus/client.key into the "
+                          "server's gotapi/bus/clients/ as %s.key)", where, self._config.host_id)
+            else:
+                log.error("the CurveZMQ handshake with %s failed: is bus_server_key the "
+                          "server's public key, and does the server use bus_security = "
+                          "\"curve\"?", where)
+            self._reconnect_later()
 
     def _reconnect_later(self) -> None:
         """Close the socket; a fresh one connects after the back-off (doubling, capped)."""
@@ -192,6 +223,8 @@ class PluginHost:
         self._poll_items = [(self._mailbox.fd, POLLIN)]
         if self._socket is not None:
             self._poll_items.append((self._socket, POLLIN))
+        if self._monitor is not None:
+            self._poll_items.append((self._monitor, POLLIN))
 
     def _shutdown(self) -> None:
         if self._socket is not None:

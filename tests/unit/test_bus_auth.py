@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,7 +17,7 @@ import zmq
 
 from gotapi3dp.buskeys import (CLIENT_NAME, SERVER_NAME, admit, allowed_keys, clients_dir,
                                load_or_create_pair, server_dir)
-from gotapi3dp.config import Config, ConfigError
+from gotapi3dp.config import Config, ConfigError, PluginHostConfig
 from gotapi3dp.wire.busproto import HEARTBEAT, PROTOCOL
 from gotapi_server.bus import Bus, BusAuth
 from plugin_host.host import HostAuth, PluginHost
@@ -193,3 +194,30 @@ def test_no_key_file_is_left_world_readable(tmp_path: Path) -> None:
         if path.name.endswith("_secret"):
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert shutil.which("true") is None or os.access(tmp_path, os.R_OK)
+
+
+@pytest.mark.parametrize("admitted,wrong_server_key,expected", [
+    (False, False, "refused this host's key"),
+    (True, True, "handshake with"),
+])
+def test_a_host_says_why_the_bus_refused_it_and_backs_off(
+        bus, gotapi_dir, tmp_path, caplog, admitted, wrong_server_key, expected) -> None:
+    directory, pair = _host_pair(tmp_path, "host")
+    if admitted:
+        admit(clients_dir(gotapi_dir), "host-1", directory / f"{CLIENT_NAME}.key")
+    server_key = (load_or_create_pair(tmp_path / "other", SERVER_NAME).public
+                  if wrong_server_key else _server_public(gotapi_dir))
+    config = PluginHostConfig(bus_endpoint=bus.endpoint, host_id="host-1")
+    host = PluginHost(config, [EchoPlugin()], heartbeat=HB, reconnect_min=0.5,
+                      reconnect_max=0.5, auth=HostAuth(pair, server_key=server_key))
+    stop = threading.Event()
+    runner = threading.Thread(target=host.run, args=(stop,), daemon=True)
+    with caplog.at_level(logging.ERROR, logger="plugin_host.host"):
+        runner.start()
+        try:
+            assert wait_until(lambda: expected in caplog.text, timeout=5)
+            time.sleep(0.3)   # within one back-off: no second attempt yet
+            assert caplog.text.count(expected) == 1 and not online(bus, "echo")
+        finally:
+            stop.set()
+            runner.join(timeout=5)
