@@ -86,9 +86,13 @@ def parse_scopes(scope: str) -> list[str]:
     for name in (s.strip() for s in scope.split(",", MAX_SCOPES * 4)):
         if not name or name.lower() in seen:
             continue
-        if not _SCOPE_RE.fullmatch(name) or len(out) == MAX_SCOPES:
+        if len(out) == MAX_SCOPES:
             raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER,
-                           f"scope {name[:64]!r} is invalid (at most {MAX_SCOPES} names).")
+                           f"scope lists more than {MAX_SCOPES} profiles.")
+        if not _SCOPE_RE.fullmatch(name):
+            raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER,
+                           f"scope {name[:64]!r} is not a profile name (names are separated "
+                           f"by commas).")
         seen.add(name.lower())
         out.append(name)
     if not out:
@@ -165,6 +169,9 @@ class AuthStore:
             raise _missing("applicationName")
         if len(application_name) > MAX_APP_NAME:
             raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER, "applicationName is too long.")
+        if not application_name.isprintable():
+            raise P3DError(ErrorCode.INVALID_REQUEST_PARAMETER,
+                           "applicationName has control characters.")
         scopes = parse_scopes(scope)
         self._check_client(client_id, origin)
         token = secrets.token_urlsafe(32)

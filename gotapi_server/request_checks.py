@@ -29,6 +29,7 @@ from .paths import API_METHODS, is_api_path
 ORIGIN_HEADER = "X-GotAPI-Origin"
 _HOST_RE = re.compile(r"^(?:127\.0\.0\.1|localhost|\[::1\])(?::[0-9]{1,5})?$", re.IGNORECASE)
 # One origin: printable ASCII, no spaces, no commas (a repeated header arrives comma-joined).
+_ORIGIN_MAX = 255
 _ORIGIN_RE = re.compile(r"^[\x21-\x2b\x2d-\x7e]{1,255}$")
 _PREFLIGHT_MAX_AGE = "600"
 _ALLOW_HEADERS = "Content-Type, X-GotAPI-Origin, Idempotency-Key"
@@ -61,6 +62,9 @@ def _single(name: str) -> str | None:
     value = _header(name)
     if not value:                         # absent, or sent empty: not specified
         return None
+    if len(value) > _ORIGIN_MAX:
+        raise P3DError(ErrorCode.INVALID_ORIGIN,
+                       f"{name} is longer than {_ORIGIN_MAX} characters.")
     if not _ORIGIN_RE.fullmatch(value):   # also refuses a repeated header (comma-joined)
         raise P3DError(ErrorCode.INVALID_ORIGIN, f"{name} must hold exactly one origin.")
     return value

@@ -155,3 +155,21 @@ def test_unknown_tokens_are_not_remembered_and_threads_share_nothing(tmp_path: P
     for t in threads:
         t.join()
     assert not errors
+
+
+# ---- review: messages that say what is wrong ----
+
+def test_scope_messages_name_the_actual_fault() -> None:
+    from gotapi_server.auth import MAX_SCOPES, parse_scopes
+
+    with pytest.raises(P3DError, match="not a profile name .*separated by commas"):
+        parse_scopes("a b")
+    with pytest.raises(P3DError, match=f"more than {MAX_SCOPES} profiles"):
+        parse_scopes(",".join(f"p{i}" for i in range(MAX_SCOPES + 1)))
+
+
+def test_an_application_name_with_control_characters_is_10(tmp_path: Path) -> None:
+    store = AuthStore(tmp_path, token_lifetime=3600)
+    client_id = store.grant("http://localhost")
+    with pytest.raises(P3DError, match="control characters"):
+        store.access_token("http://localhost", client_id, "printer3d", "app\x00name")

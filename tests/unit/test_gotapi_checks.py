@@ -269,3 +269,9 @@ def test_a_document_the_checks_cannot_apply_is_refused(spec: dict, why: str) -> 
 
     with pytest.raises(ValueError, match=why):
         check_document(_doc(**spec))
+
+
+def test_an_over_long_origin_says_so(tmp_path: Path) -> None:
+    client = make_app(tmp_path).test_client()
+    body = client.get("/gotapi/availability", headers={"X-GotAPI-Origin": "a" * 300}).get_json()
+    assert body["errorCode"] == 18 and "longer than 255" in body["errorMessage"]
