@@ -42,6 +42,22 @@ def recv_frames(sock: "zmq.Socket[Any]", flags: int = 0) -> list[bytes]:
     return frames
 
 
+def recv_frames_and_user(sock: "zmq.Socket[Any]",
+                         flags: int = 0) -> tuple[list[bytes], str | None]:
+    """`recv_frames`, and the User-Id the ZAP handler gave the sending connection (None
+    without authentication): what ties a message to the key it came in with."""
+    frame = _recv(sock, flags, False)
+    try:
+        user: str | None = frame.get("User-Id")
+    except zmq.ZMQError:
+        user = None
+    frames = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, flags, False)
+        frames.append(frame.bytes)
+    return frames, user
+
+
 def readable(sock: "zmq.Socket[Any]") -> bool:
     """Whether a message is waiting (ZMQ_EVENTS; also re-arms the edge-triggered ZMQ_FD)."""
     return bool(_poll([(sock, POLLIN)], 0))

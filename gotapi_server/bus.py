@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from gotapi3dp.wire.busproto import (COMMAND_NAMES, DISCONNECT, EVENT, HEARTBEAT
                                      PROTOCOL, READY, REPLY, REQUEST, SOCKET_HWM, decode_announce)
 from gotapi3dp.buskeys import KeyPair, allowed_keys, z85_of
 from gotapi3dp.mailbox import Mailbox
-from gotapi3dp.zmqio import NOBLOCK, readable, recv_frames, send_frames
+from gotapi3dp.zmqio import NOBLOCK, readable, recv_frames, recv_frames_and_user, send_frames
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Action, Intent, IntentError, decode, encode
 
@@ -56,7 +57,8 @@ RECV_BATCH = 256         # messages read per poll before timers and the mailbox 
 RECV_BATCH_BYTES = 4 << 20  # ... or this many bytes, so big frames cannot hold the loop
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"   # where libzmq asks who may connect (RFC 27)
 ZAP_DOMAIN = b"gotapi-bus"
-WARN_BURST, WARN_WINDOW = 5, 10.0   # warnings about one peer per window, then silence
+ZMTP_HEARTBEAT_MS = 1000   # libzmq's own pings: a link silent for 3 of them is closed
+WARN_BURST, WARN_TOTAL, WARN_WINDOW = 5, 50, 10.0   # warnings about one peer per window, then silence
 PENDING_GRACE = 1.0      # a pending request outlives its caller's timeout by this, then is purged
 START_TIMEOUT = 10.0
 BATCH_RETRY = 0.001      # s; a send batch that found the lock taken (gevent) tries again
@@ -117,24 +119,33 @@ class BusAuth:
 
 
 class _WarnQuota:
-    """At most WARN_BURST warnings per peer per WARN_WINDOW: a peer sending junk as fast as
-    it can must not fill the disk with log lines (one run wrote 110 MB in 6 s)."""
+    """At most WARN_BURST warnings per peer and WARN_TOTAL in all per WARN_WINDOW: a peer
+    sending junk as fast as it can must not fill the disk with log lines (one run wrote
+    110 MB in 6 s), nor many peers, each under its own limit."""
 
     def __init__(self) -> None:
-        self._seen: dict[bytes, tuple[float, int]] = {}
+        self._seen: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
+        self._total: tuple[float, int] = (0.0, 0)
 
     def allow(self, peer: bytes) -> bool:
         now = time.monotonic()
-        start, count = self._seen.get(peer, (now, 0))
+        start, count = self._seen.pop(peer, (now, 0))
         if now - start > WARN_WINDOW:
             start, count = now, 0
-        if len(self._seen) > 1024:      # many ids: forget them all rather than grow
-            self._seen.clear()
-        self._seen[peer] = (start, count + 1)
+        self._seen[peer] = (start, count + 1)      # most recent last
+        while len(self._seen) > 1024:
+            self._seen.popitem(last=False)
+        since, total = self._total
+        if now - since > WARN_WINDOW:
+            since, total = now, 0
+        self._total = (since, total + 1)
         if count == WARN_BURST:
             log.warning("bus: further warnings about %r in the next %.0f s are not logged",
                         peer[:64], WARN_WINDOW - (now - start))
-        return count < WARN_BURST
+        elif total == WARN_TOTAL:
+            log.warning("bus: more than %d warnings in %.0f s; the rest of them are not logged",
+                        WARN_TOTAL, WARN_WINDOW)
+        return count < WARN_BURST and total < WARN_TOTAL
 
 
 class Bus:
@@ -146,8 +157,6 @@ class Bus:
         self.endpoint = endpoint          # replaced by the bound address (port 0 / * resolved)
         self.tap_endpoint = tap_endpoint
         self._auth = auth
-        self._allowed: dict[bytes, str] = {}
-        self._allowed_stamp = -2   # mtime of the allow-list directory when last read
         self._warn = _WarnQuota()
         self._heartbeat = heartbeat
         self._expiry = heartbeat * liveness
@@ -353,7 +362,12 @@ class Bus:
             router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)   # unroutable -> EHOSTUNREACH, not silence
-        router.setsockopt(zmq.ROUTER_HANDOVER, 1)    # a restarted host may reuse its id at once
+        # With CURVE, a routing id belongs to the connection that holds it: handing it over
+        # would let any allow-listed key take another host's id (and its apps' requests).
+        # ZMTP heartbeats close a dead host's link within seconds, which frees its id.
+        router.setsockopt(zmq.ROUTER_HANDOVER, 0 if self._auth is not None else 1)
+        router.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_MS)
+        router.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_MS * HEARTBEAT_LIVENESS)
         # A host whose queue is full holds a blocking send up to SNDTIMEO. In a thread that
         # stalls the bus; under gevent (a real, not green, socket) it would stall every
         # connection of the server, so there a full queue fails the send at once.
@@ -439,17 +453,32 @@ class Bus:
         router = self._router
         assert router is not None
         size = 0
+        authenticated = self._auth is not None
         for _ in range(RECV_BATCH):
             if not readable(router):
                 return
-            frames = recv_frames(router, NOBLOCK)
-            self._guard(self._on_frames, frames)
+            user = None
+            if authenticated:
+                frames, user = recv_frames_and_user(router, NOBLOCK)
+            else:
+                frames = recv_frames(router, NOBLOCK)
             size += sum(len(f) for f in frames)
+            if authenticated and (user is None or user.encode() != frames[0]):
+                self._wrong_key(frames[0], user)
+            else:
+                self._guard(self._on_frames, frames)
             if size > RECV_BATCH_BYTES:
                 break
         # More may be waiting: make sure the bus thread's poll wakes again for it.
         assert self._mailbox is not None
         self._mailbox.post("more")
+
+    def _wrong_key(self, peer: bytes, user: str | None) -> None:
+        """A message whose routing id is not the name its key is allow-listed under (the
+        file `<host_id>.key`): dropped, so one host's key cannot speak as another host."""
+        if self._warn.allow(peer):
+            log.warning("bus: dropped a message from %r: its key is allow-listed as %r; a host "
+                        "must connect with the id its key file is named after", peer[:64], user)
 
     # ---- host -> server ----
 
@@ -703,7 +732,14 @@ class Bus:
         for _ in range(RECV_BATCH):
             if not readable(zap):
                 return
-            send_frames(zap, self._zap_answer(recv_frames(zap, NOBLOCK)), NOBLOCK)
+            request = recv_frames(zap, NOBLOCK)
+            try:
+                answer = self._zap_answer(request)
+            except Exception:   # a REP that never answers would stall every later handshake
+                log.exception("bus: the ZAP handler failed; refusing that connection")
+                answer = [b"1.0", request[1] if len(request) > 1 else b"", b"500",
+                          b"internal error", b"", b""]
+            send_frames(zap, answer, NOBLOCK)
 
     def _zap_answer(self, frames: list[bytes]) -> list[bytes]:
         request_id = frames[1] if len(frames) > 1 else b""
@@ -722,20 +758,12 @@ class Bus:
         return [b"1.0", request_id, b"400", b"not allowed", b"", b""]
 
     def _host_key(self, key: bytes) -> str | None:
-        """The allow-listed name of `key`. An unknown key re-reads the directory when it has
-        changed since the last read (a newly copied host key needs no restart; a stranger
-        knocking again and again costs one stat)."""
-        name = self._allowed.get(key)
-        if name is None and self._auth is not None:
-            try:
-                stamp = self._auth.clients_dir.stat().st_mtime_ns
-            except OSError:
-                stamp = -1
-            if stamp != self._allowed_stamp:
-                self._allowed_stamp = stamp
-                self._allowed = allowed_keys(self._auth.clients_dir)
-                name = self._allowed.get(key)
-        return name
+        """The allow-listed name of `key`, the directory read afresh at every handshake (a
+        few small files, once per connection): a key copied in is admitted and a key removed
+        is refused from the next connection on, without a restart. A link already open
+        stays until it closes."""
+        assert self._auth is not None
+        return allowed_keys(self._auth.clients_dir).get(key)
 
     def _tap_copy(self, direction: bytes, frames: list[bytes]) -> None:
         if self._tap is None or not self._tap_topics:

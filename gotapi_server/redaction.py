@@ -8,8 +8,9 @@ the msgpack size for maps and lists): enough to tell two values apart, not to us
 value that already is such a marker is left as it is, so redacting twice changes nothing.
 
 Secret by name: any key whose lower-cased name contains `token`, `key`, `secret`,
-`password`, `passwd`, `credential` or `cookie` (its whole value, whatever its type, nested
-maps included), and by shape: any string or bytes starting with the sealed-token prefix.
+`password`, `passwd`, `passphrase`, `credential`, `cookie`, `auth` or `signature` (its whole
+value, whatever its type, nested maps included), and by shape: any string or bytes starting
+with the sealed-token prefix.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import msgpack
 from gotapi3dp.wire.intent import IntentError, decode, encode
 from gotapi3dp.wire.token import TOKEN_PREFIX
 
-SECRET_PARTS = ("token", "key", "secret", "password", "passwd", "credential", "cookie")
+SECRET_PARTS = ("token", "key", "secret", "password", "passwd", "passphrase", "credential",
+                "cookie", "auth", "signature")
 MARKER = "<redacted "
 _TOKEN_PREFIX_BYTES = TOKEN_PREFIX.encode()
 

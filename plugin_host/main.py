@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from zmq.utils import z85
+
 from gotapi3dp.buskeys import (CLIENT_NAME, SERVER_NAME, admit, clients_dir,
                                load_or_create_pair, server_dir)
 from gotapi3dp.config import Config, ConfigError
@@ -54,7 +56,11 @@ def host_auth(config: Config) -> HostAuth | None:
     pair = load_or_create_pair(key_dir, CLIENT_NAME)
     if settings.bus_server_key:
         key = settings.bus_server_key.encode()
-        if len(key) != 40:
+        try:
+            valid = len(key) == 40 and len(z85.decode(key)) == 32
+        except (ValueError, KeyError, IndexError):
+            valid = False
+        if not valid:
             raise ConfigError("plugin_host.bus_server_key must be a CURVE public key "
                               "(40 Z85 characters, the public-key line of server.key)")
         return HostAuth(pair, server_key=key)

@@ -20,6 +20,7 @@ from gotapi3dp import __version__
 from gotapi3dp.config import Config, PrinterEntry
 from gotapi3dp.wire.busproto import PluginInfo
 from gotapi3dp.wire.errors import ErrorCode, P3DError
+from gotapi3dp.wire.token import CLOCK_SKEW
 from gotapi3dp.wire.ids import CONTENT_ID_RE
 from gotapi3dp.wire.intent import Action, Intent
 from plugin_host.plugin import Plugin
@@ -150,7 +151,8 @@ class Printer3DPlugin(Plugin):
         """Printing Command (steps 7-12): hand the sealed token to the printer."""
         conn = self._connections.get(_param(intent, "connectionId"), printer.service_id,
                                      intent.origin or "")
-        if conn.job_id is None and conn.expires_at <= time.time():
+        if conn.job_id is None and conn.expires_at + CLOCK_SKEW <= time.time():
+            # (past the printer's own clock-skew allowance too, so the two never disagree)
             raise P3DError(ErrorCode.CONNECTION_EXPIRED,
                            "the connection's secure token has expired; connect again")
         job = self._clients[printer.service_id].submit(conn.token)

@@ -18,7 +18,7 @@ import zmq
 from gotapi3dp.buskeys import (CLIENT_NAME, SERVER_NAME, admit, allowed_keys, clients_dir,
                                load_or_create_pair, server_dir)
 from gotapi3dp.config import Config, ConfigError, PluginHostConfig
-from gotapi3dp.wire.busproto import HEARTBEAT, PROTOCOL
+from gotapi3dp.wire.busproto import DISCONNECT, HEARTBEAT, PROTOCOL
 from gotapi_server.bus import Bus, BusAuth
 from plugin_host.host import HostAuth, PluginHost
 from plugin_host.main import host_auth
@@ -221,3 +221,79 @@ def test_a_host_says_why_the_bus_refused_it_and_backs_off(
         finally:
             stop.set()
             runner.join(timeout=5)
+
+
+def test_one_allow_listed_key_cannot_take_or_speak_for_another_hosts_id(
+        ctx, bus, gotapi_dir, tmp_path, caplog) -> None:
+    """Review: host B's key connected with ROUTING_ID=plugin-host-1 and ROUTER_HANDOVER gave
+    it A's requests. Now the id stays with A's link, and B's messages under it are dropped."""
+    server = _server_public(gotapi_dir)
+    dir_a, pair_a = _host_pair(tmp_path, "a")
+    dir_b, pair_b = _host_pair(tmp_path, "b")
+    admit(clients_dir(gotapi_dir), "raw-host", dir_a / f"{CLIENT_NAME}.key")
+    admit(clients_dir(gotapi_dir), "host-b", dir_b / f"{CLIENT_NAME}.key")
+    real = RawHost(ctx, bus.endpoint, curve=(server, pair_a))
+    real.ready()
+    assert wait_until(lambda: online(bus, "echo"))
+    with caplog.at_level(logging.WARNING, logger="gotapi_server.bus"):
+        thief = RawHost(ctx, bus.endpoint, host_id="raw-host", curve=(server, pair_b))
+        thief.ready()
+        for _ in range(5):
+            thief.send(PROTOCOL, HEARTBEAT)
+        with ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(bus.request, get(word="mine"), "echo", 5.0)
+            real.answer()
+            assert fut.result(timeout=5).params == {"echo": {"word": "mine"}}
+        assert thief.recv(timeout=0.3) is None
+        real.sock.close(linger=0)                    # A goes away: B still cannot be it
+        assert wait_until(lambda: not online(bus, "echo"), timeout=8)
+        thief.sock.close(linger=0)
+        thief = RawHost(ctx, bus.endpoint, host_id="raw-host", curve=(server, pair_b))
+        thief.ready()
+        assert wait_until(lambda: "allow-listed as 'host-b'" in caplog.text, timeout=5)
+        assert not online(bus, "echo")
+
+
+def test_a_broken_file_in_the_allow_list_stalls_no_handshake(ctx, bus, gotapi_dir,
+                                                             tmp_path) -> None:
+    """Review: a `public-key` line without `=` raised IndexError in the ZAP handler, whose
+    REP socket then never answered again: every later host hung in its handshake."""
+    clients = clients_dir(gotapi_dir)
+    clients.mkdir(parents=True, exist_ok=True)
+    (clients / "notes.key").write_text("public-key\n")
+    _, stranger_pair = _host_pair(tmp_path, "stranger")
+    stranger = RawHost(ctx, bus.endpoint, host_id="stranger", curve=(_server_public(gotapi_dir),
+                                                                     stranger_pair))
+    stranger.ready()
+    directory, pair = _host_pair(tmp_path, "host")
+    admit(clients, "raw-host", directory / f"{CLIENT_NAME}.key")
+    host = RawHost(ctx, bus.endpoint, curve=(_server_public(gotapi_dir), pair))
+    host.ready()
+    assert wait_until(lambda: online(bus, "echo"))
+
+
+def test_a_removed_key_is_refused_from_the_next_connection_on(ctx, bus, gotapi_dir,
+                                                              tmp_path) -> None:
+    directory, pair = _host_pair(tmp_path, "host")
+    admit(clients_dir(gotapi_dir), "raw-host", directory / f"{CLIENT_NAME}.key")
+    curve = (_server_public(gotapi_dir), pair)
+    first = RawHost(ctx, bus.endpoint, curve=curve)
+    first.ready()
+    assert wait_until(lambda: online(bus, "echo"))
+    first.send(PROTOCOL, DISCONNECT)
+    first.sock.close(linger=0)
+    assert wait_until(lambda: not online(bus, "echo"))
+    (clients_dir(gotapi_dir) / "raw-host.key").unlink()
+    again = RawHost(ctx, bus.endpoint, curve=curve)
+    again.ready()
+    assert not wait_until(lambda: online(bus, "echo"), timeout=1.0)
+
+
+def test_key_directories_are_private_and_a_lost_public_file_comes_back(tmp_path: Path) -> None:
+    directory = tmp_path / "a" / "b" / "bus"
+    pair = load_or_create_pair(directory, SERVER_NAME)
+    for level in (tmp_path / "a", tmp_path / "a" / "b", directory):
+        assert stat.S_IMODE(level.stat().st_mode) == 0o700, level
+    (directory / "server.key").unlink()
+    assert load_or_create_pair(directory, SERVER_NAME) == pair
+    assert allowed_keys(directory) == {pair.public: "server"}

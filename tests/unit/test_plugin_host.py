@@ -516,7 +516,10 @@ def test_printing_an_expired_connection_is_1111_and_never_reaches_the_printer(tm
 
     plugin._clients["printer-1"] = Printer()  # type: ignore[assignment]
     origin = "http://localhost"
-    stale = store.add("printer-1", origin, "p3t1.sealed", {"id": "c"}, _time.time() - 1)
+    from gotapi3dp.wire.token import CLOCK_SKEW
+    skewed = store.add("printer-1", origin, "p3t1.skew", {"id": "c"}, _time.time() - 1)
+    stale = store.add("printer-1", origin, "p3t1.sealed", {"id": "c"},
+                      _time.time() - CLOCK_SKEW - 1)
     fresh = store.add("printer-1", origin, "p3t1.sealed2", {"id": "c"}, _time.time() + 60)
 
     def print_(conn_id: str) -> dict:
@@ -527,5 +530,6 @@ def test_printing_an_expired_connection_is_1111_and_never_reaches_the_printer(tm
         print_(stale.id)
     assert expired.value.code == ErrorCode.CONNECTION_EXPIRED and submitted == []
     assert print_(fresh.id) == {"jobId": "j" * 32}
+    assert print_(skewed.id) == {"jobId": "j" * 32}   # within the skew: the printer decides
     store.set_job(stale.id, "k" * 32)        # a connection that already printed: a retry
-    assert print_(stale.id) == {"jobId": "j" * 32} and len(submitted) == 2
+    assert print_(stale.id) == {"jobId": "j" * 32} and len(submitted) == 3
