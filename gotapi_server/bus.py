@@ -37,7 +37,8 @@ import zmq
 
 from gotapi3dp.wire.busproto import (COMMAND_NAMES, DISCONNECT, EVENT, HEARTBEAT,
                                      HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, MAX_FRAME_BYTES,
-                                     PROTOCOL, READY, REPLY, REQUEST, SOCKET_HWM, decode_announce)
+                                     PROTOCOL, READY, REPLY, REQUEST, SOCKET_HWM, decode_announce,
+                                     host_id_of)
 from gotapi3dp.buskeys import KeyPair, allowed_keys, z85_of
 from gotapi3dp.mailbox import Mailbox
 from gotapi3dp.zmqio import NOBLOCK, readable, recv_frames, recv_frames_and_user, send_frames
@@ -58,7 +59,7 @@ RECV_BATCH_BYTES = 4 << 20  # ... or this many bytes, so big frames cannot hold 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"   # where libzmq asks who may connect (RFC 27)
 ZAP_DOMAIN = b"gotapi-bus"
 ZMTP_HEARTBEAT_MS = 1000   # libzmq's own pings: a link silent for 3 of them is closed
-WARN_BURST, WARN_TOTAL, WARN_WINDOW = 5, 50, 10.0   # warnings about one peer per window, then silence
+WARN_BURST, WARN_TOTAL, WARN_WINDOW = 5, 50, 10.0   # per peer, in all, per window (s)
 PENDING_GRACE = 1.0      # a pending request outlives its caller's timeout by this, then is purged
 START_TIMEOUT = 10.0
 BATCH_RETRY = 0.001      # s; a send batch that found the lock taken (gevent) tries again
@@ -129,23 +130,25 @@ class _WarnQuota:
 
     def allow(self, peer: bytes) -> bool:
         now = time.monotonic()
+        since, total = self._total
+        if now - since > WARN_WINDOW:
+            since, total = now, 0
+        self._total = (since, total + 1)
+        if total >= WARN_TOTAL:          # the overall budget first: many ids cannot beat it
+            if total == WARN_TOTAL:
+                log.warning("bus: over %d warnings in %.0f s; no more are logged for %.0f s",
+                            WARN_TOTAL, WARN_WINDOW, WARN_WINDOW - (now - since))
+            return False
         start, count = self._seen.pop(peer, (now, 0))
         if now - start > WARN_WINDOW:
             start, count = now, 0
         self._seen[peer] = (start, count + 1)      # most recent last
         while len(self._seen) > 1024:
             self._seen.popitem(last=False)
-        since, total = self._total
-        if now - since > WARN_WINDOW:
-            since, total = now, 0
-        self._total = (since, total + 1)
-        if count == WARN_BURST:
+        if count == WARN_BURST:          # this call's line, from the same budget
             log.warning("bus: further warnings about %r in the next %.0f s are not logged",
                         peer[:64], WARN_WINDOW - (now - start))
-        elif total == WARN_TOTAL:
-            log.warning("bus: more than %d warnings in %.0f s; the rest of them are not logged",
-                        WARN_TOTAL, WARN_WINDOW)
-        return count < WARN_BURST and total < WARN_TOTAL
+        return count < WARN_BURST
 
 
 class Bus:
@@ -171,7 +174,8 @@ class Bus:
         self._tap: zmq.Socket[Any] | None = None
         self._zap: zmq.Socket[Any] | None = None
         self._tap_topics: set[bytes] = set()   # topics some tap subscriber holds
-        self._hosts: dict[bytes, _Host] = {}
+        self._hosts: dict[bytes, _Host] = {}   # by routing id (one per connection)
+        self._peers: dict[str, bytes] = {}     # host id -> routing id of its live connection
         self._records: dict[str, PluginRecord] = {}
         # Keyed by (requestCode, pluginId): one Intent may be fanned out to several plug-ins.
         self._pending: dict[tuple[bytes, str], _Pending] = {}
@@ -364,7 +368,8 @@ class Bus:
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)   # unroutable -> EHOSTUNREACH, not silence
         # With CURVE, a routing id belongs to the connection that holds it: handing it over
         # would let any allow-listed key take another host's id (and its apps' requests).
-        # ZMTP heartbeats close a dead host's link within seconds, which frees its id.
+        # Our hosts tag each connection (busproto.connection_id), so none waits for an old
+        # id; ZMTP heartbeats close a dead host's link within seconds all the same.
         router.setsockopt(zmq.ROUTER_HANDOVER, 0 if self._auth is not None else 1)
         router.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_MS)
         router.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_MS * HEARTBEAT_LIVENESS)
@@ -463,7 +468,7 @@ class Bus:
             else:
                 frames = recv_frames(router, NOBLOCK)
             size += sum(len(f) for f in frames)
-            if authenticated and (user is None or user.encode() != frames[0]):
+            if authenticated and (user is None or user.encode() != host_id_of(frames[0])):
                 self._wrong_key(frames[0], user)
             else:
                 self._guard(self._on_frames, frames)
@@ -511,12 +516,8 @@ class Bus:
         handler(peer, *body)
 
     def _on_ready(self, peer: bytes, body: bytes) -> None:
-        if peer in self._hosts:
-            # The same routing id on a fresh connection (ROUTER_HANDOVER): the host came back
-            # before its old link expired. With CURVE only an allow-listed key gets here, so
-            # it is taken at its word: the old registration goes, the new one counts (refusing
-            # it cost a reconnect's back-off of outage).
-            self._drop_host(peer, "reconnected")
+        if peer in self._hosts:     # the same connection announces again: start afresh
+            self._drop_host(peer, "announced itself again")
         try:
             announce = decode_announce(body)
             for plugin in announce.plugins:
@@ -530,15 +531,22 @@ class Bus:
                 log.error("bus: refused READY from %r: %s", peer[:64], exc)
             self._send(peer, DISCONNECT)
             return
+        old = self._peers.get(announce.host_id)
+        if old is not None and announce.host_id.encode() == host_id_of(peer):
+            # The host is back on a new connection before its old link closed (a vanished
+            # machine's link lives until heartbeats end it). Under CURVE only its own key
+            # can speak for its id, so the new connection is taken at its word.
+            self._drop_host(old, "reconnected")
         taken = [p.id for p in announce.plugins if p.id in self._records
                  and self._records[p.id].online]
-        if announce.host_id.encode() != peer or taken:
+        if announce.host_id.encode() != host_id_of(peer) or taken:
             log.error("bus: refused READY from %r (host id %r, plug-ins already online: %s)",
                       peer[:64], announce.host_id, taken)
             self._send(peer, DISCONNECT)
             return
         now = time.monotonic()
         self._hosts[peer] = _Host(peer, [p.id for p in announce.plugins], now, now)
+        self._peers[announce.host_id] = peer
         for p in announce.plugins:
             self._records[p.id] = PluginRecord(p.id, p.name, p.version, list(p.profiles),
                                                announce.host_id, True, time.time(), p.apis)
@@ -647,7 +655,8 @@ class Bus:
         record = self._records.get(plugin_id)
         if record is None or not record.online:
             return None
-        return self._hosts.get(record.host_id.encode())
+        peer = self._peers.get(record.host_id)
+        return self._hosts.get(peer) if peer is not None else None
 
     def _match(self, peer: bytes, rc: bytes | None,
                plugin_id: str | None) -> tuple[bytes, str] | None:
@@ -671,8 +680,11 @@ class Bus:
         host = self._hosts.pop(peer, None)
         if host is None:
             return
-        name = peer.decode(errors="replace")
-        log.warning("bus: plug-in host %s %s; plug-ins %s offline", name, why, host.plugin_ids)
+        name = host_id_of(peer).decode(errors="replace")
+        log.warning("bus: plug-in host %s %s; plug-ins %s offline", peer.decode(errors="replace"),
+                    why, host.plugin_ids)
+        if self._peers.get(name) == peer:
+            del self._peers[name]
         for plugin_id in host.plugin_ids:
             record = self._records.get(plugin_id)
             if record is not None and record.host_id == name:
@@ -699,7 +711,8 @@ class Bus:
         try:
             send_frames(self._router, frames)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: gone; EAGAIN: its queue stayed full
-            log.warning("bus: %s to %r failed: %s", _name(command), peer[:64], exc)
+            if self._warn.allow(peer):
+                log.warning("bus: %s to %r failed: %s", _name(command), peer[:64], exc)
             if exc.errno == zmq.EHOSTUNREACH:
                 self._drop_host(peer, "is unreachable")
             return False
@@ -736,7 +749,8 @@ class Bus:
             try:
                 answer = self._zap_answer(request)
             except Exception:   # a REP that never answers would stall every later handshake
-                log.exception("bus: the ZAP handler failed; refusing that connection")
+                if self._warn.allow(b"zap-handler"):
+                    log.exception("bus: the ZAP handler failed; refusing that connection")
                 answer = [b"1.0", request[1] if len(request) > 1 else b"", b"500",
                           b"internal error", b"", b""]
             send_frames(zap, answer, NOBLOCK)

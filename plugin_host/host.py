@@ -29,7 +29,7 @@ from gotapi3dp.config import PluginHostConfig
 from gotapi3dp.wire.busproto import (DISCONNECT, EVENT, HEARTBEAT, HEARTBEAT_INTERVAL,
                                      HEARTBEAT_LIVENESS, MAX_FRAME_BYTES, PROTOCOL, READY,
                                      RECONNECT_MAX, RECONNECT_MIN, REPLY, REQUEST, SOCKET_HWM,
-                                     Announce, encode_announce)
+                                     Announce, connection_id, encode_announce)
 from gotapi3dp.mailbox import Mailbox
 from gotapi3dp.zmqio import NOBLOCK, POLLIN, poll_readable, readable, recv_frames, send_frames
 from gotapi3dp.wire.errors import ErrorCode, P3DError
@@ -169,7 +169,7 @@ class PluginHost:
             sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
             sock.setsockopt(zmq.CURVE_PUBLICKEY, self._auth.pair.public)
             sock.setsockopt(zmq.CURVE_SECRETKEY, self._auth.pair.secret)
-        sock.setsockopt(zmq.ROUTING_ID, self._config.host_id.encode())
+        sock.setsockopt(zmq.ROUTING_ID, connection_id(self._config.host_id))
         sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
         sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
         sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
@@ -199,11 +199,15 @@ class PluginHost:
         """A failed CurveZMQ handshake is a configuration error, not a silent server: say
         which, and retry after the back-off (not libzmq's 100 ms retries, each refused)."""
         while self._monitor is not None and readable(self._monitor):
-            event = recv_monitor_message(self._monitor, NOBLOCK)["event"]
+            message = recv_monitor_message(self._monitor, NOBLOCK)
+            event = message["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 continue
             where = self._config.bus_endpoint
-            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and message["value"] != 400:
+                log.error("the bus at %s could not check this host's key (ZAP status %s); "
+                          "retrying", where, message["value"])
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 log.error("the bus at %s refused this host's key: it is not in the server's "
                           "allow-list (copy this host's plugin_host/bus/client.key into the "
                           "server's gotapi/bus/clients/ as %s.key)", where, self._config.host_id)

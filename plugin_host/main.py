@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 from pathlib import Path
@@ -17,6 +18,8 @@ from .host import HostAuth, PluginHost
 from .idempotency import IdempotencyStore
 
 log = logging.getLogger(__name__)
+
+_HOST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def serve(config: Config) -> None:
@@ -47,6 +50,9 @@ def host_auth(config: Config) -> HostAuth | None:
     Without `bus_server_key`, the server is taken to share this data dir: its public key is
     read from there, and this host's own public key is put in its allow-list."""
     settings = config.plugin_host
+    if not _HOST_ID.fullmatch(settings.host_id):
+        raise ConfigError("plugin_host.host_id must be 1-64 of A-Za-z0-9_.- (it names the "
+                          "host's key file and its bus connections)")
     if settings.bus_security not in ("curve", "none"):
         raise ConfigError(f"plugin_host.bus_security must be curve or none, "
                           f"not {settings.bus_security!r}")

@@ -1,11 +1,12 @@
 """Intent bus framing (GotAPI-4 over ZeroMQ), Majordomo style: constants and frame helpers.
 
 Plug-in host (DEALER) -> GotAPI server (ROUTER): `[PROTOCOL, command, body?]`; the ROUTER
-sees the peer's routing id in front. Bodies are msgpack: an announce map for READY, an
+sees the peer's routing id in front (`<host id>/<tag>`, new for each connection). Bodies are msgpack: an announce map for READY, an
 encoded Intent for REQUEST / REPLY / EVENT, nothing for HEARTBEAT / DISCONNECT.
 """
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,18 @@ class Announce:
 
     def to_map(self) -> dict[str, Any]:
         return {"v": 1, "hostId": self.host_id, "plugins": [p.to_map() for p in self.plugins]}
+
+
+def connection_id(host_id: str) -> bytes:
+    """The routing id of one connection of a host: `<host id>/<random tag>`. A host opens
+    each connection under a new one, so a reconnect never waits for the server to let go of
+    the old link's id (a vanished machine's link lives until heartbeats close it)."""
+    return f"{host_id}/{secrets.token_hex(4)}".encode()
+
+
+def host_id_of(routing_id: bytes) -> bytes:
+    """The host a routing id speaks for (`<host id>`, or `<host id>/<tag>`)."""
+    return routing_id.split(b"/", 1)[0]
 
 
 def decode_announce(data: bytes) -> Announce:

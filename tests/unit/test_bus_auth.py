@@ -12,13 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
+import msgpack
 import pytest
 import zmq
 
 from gotapi3dp.buskeys import (CLIENT_NAME, SERVER_NAME, admit, allowed_keys, clients_dir,
                                load_or_create_pair, server_dir)
 from gotapi3dp.config import Config, ConfigError, PluginHostConfig
-from gotapi3dp.wire.busproto import DISCONNECT, HEARTBEAT, PROTOCOL
+from gotapi3dp.wire.busproto import (DISCONNECT, HEARTBEAT, PROTOCOL, READY, Announce,
+                                     PluginInfo)
 from gotapi_server.bus import Bus, BusAuth
 from plugin_host.host import HostAuth, PluginHost
 from plugin_host.main import host_auth
@@ -297,3 +299,42 @@ def test_key_directories_are_private_and_a_lost_public_file_comes_back(tmp_path:
     (directory / "server.key").unlink()
     assert load_or_create_pair(directory, SERVER_NAME) == pair
     assert allowed_keys(directory) == {pair.public: "server"}
+
+
+def test_a_host_back_on_a_new_connection_is_served_at_once_while_its_old_link_lingers(
+        ctx, bus, gotapi_dir, tmp_path, caplog) -> None:
+    """Review: with the id handed over no more, a reconnect under the same routing id waited
+    for the old link to die (up to 7.5 s). Each connection now has its own tagged id."""
+    server = _server_public(gotapi_dir)
+    directory, pair = _host_pair(tmp_path, "host")
+    admit(clients_dir(gotapi_dir), "raw-host", directory / f"{CLIENT_NAME}.key")
+    old = RawHost(ctx, bus.endpoint, host_id="raw-host/1", curve=(server, pair))
+    old.sock.send_multipart([PROTOCOL, READY, msgpack.packb(
+        Announce("raw-host", [PluginInfo("echo", "Echo", "1.0", ["echo"])]).to_map())])
+    assert wait_until(lambda: online(bus, "echo"))
+    with caplog.at_level(logging.WARNING, logger="gotapi_server.bus"):
+        new = RawHost(ctx, bus.endpoint, host_id="raw-host/2", curve=(server, pair))
+        new.sock.send_multipart([PROTOCOL, READY, msgpack.packb(
+            Announce("raw-host", [PluginInfo("echo", "Echo", "1.0", ["echo"])]).to_map())])
+        assert wait_until(lambda: "raw-host/1 reconnected" in caplog.text)
+    with ThreadPoolExecutor(1) as pool:         # the old link is still open, never closed
+        fut = pool.submit(bus.request, get(word="new"), "echo", 5.0)
+        new.answer()
+        assert fut.result(timeout=5).params == {"echo": {"word": "new"}}
+    assert old.recv(timeout=0.3) is None
+    _, other = _host_pair(tmp_path, "other")
+    admit(clients_dir(gotapi_dir), "host-b", tmp_path / "other" / f"{CLIENT_NAME}.key")
+    with caplog.at_level(logging.WARNING, logger="gotapi_server.bus"):
+        thief = RawHost(ctx, bus.endpoint, host_id="raw-host/3", curve=(server, other))
+        thief.send(PROTOCOL, HEARTBEAT)
+        assert wait_until(lambda: "allow-listed as 'host-b'" in caplog.text)
+
+
+def test_the_warning_budget_holds_against_many_peer_ids(caplog) -> None:
+    """Review: each new id still got its own "further warnings" line past the total cap."""
+    from gotapi_server.bus import WARN_TOTAL, _WarnQuota
+
+    quota = _WarnQuota()
+    with caplog.at_level(logging.WARNING, logger="gotapi_server.bus"):
+        allowed = sum(quota.allow(f"fake-{i}".encode()) for i in range(2000) for _ in range(6))
+    assert allowed < WARN_TOTAL and len(caplog.records) <= WARN_TOTAL

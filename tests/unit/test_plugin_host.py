@@ -22,6 +22,7 @@ from gotapi3dp.wire.busproto import (
     Announce,
     PluginInfo,
     decode_announce,
+    host_id_of,
 )
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Action, Intent, decode, encode
@@ -227,7 +228,7 @@ def test_host_side_unknown_plugin_and_garbage_requests() -> None:
     run = Running(server.endpoint)
     try:
         peer, _, _, body = server.recv(READY)
-        assert peer == b"host-1" and decode_announce(body).plugins[0].id == "echo"
+        assert host_id_of(peer) == b"host-1" and decode_announce(body).plugins[0].id == "echo"
         ask = get(x=1)
         ask.plugin_id = "missing"
         server.sock.send_multipart([peer, PROTOCOL, REQUEST, encode(ask)])
