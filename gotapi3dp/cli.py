@@ -78,6 +78,32 @@ def cmd_bus_tap(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def cmd_bus_key(args: argparse.Namespace, config: Config) -> int:
+    """The bus server's CurveZMQ public key (the pair is made if missing), for the
+    `bus_server_key` of a plug-in host on another machine."""
+    from .buskeys import SERVER_NAME, load_or_create_pair, server_dir
+    print(load_or_create_pair(server_dir(config.dir_for("gotapi")), SERVER_NAME).public.decode())
+    return EXIT_OK
+
+
+def cmd_bus_admit(args: argparse.Namespace, config: Config) -> int:
+    """Put a plug-in host's public key file in the bus's allow-list under its host id."""
+    from .buskeys import admit, clients_dir, read_public
+    from .wire.busproto import HOST_ID_RE
+    if not HOST_ID_RE.fullmatch(args.host_id):
+        raise ConfigError(f"host id {args.host_id!r}: 1-64 of A-Za-z0-9_.- (the host's "
+                          f"[plugin_host] host_id)")
+    key_file = Path(args.key_file)
+    try:
+        key = read_public(key_file)
+    except ValueError as exc:
+        raise ConfigError(f"{key_file}: not a CURVE public key file ({exc})") from None
+    target = clients_dir(config.dir_for("gotapi"))
+    admit(target, args.host_id, key_file)
+    print(f"admitted {args.host_id} (key {key.decode()}) in {target}")
+    return EXIT_OK
+
+
 def cmd_slice(args: argparse.Namespace, config: Config) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -362,6 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service", help="only Intents of this serviceId (local or public), and "
                    "lifecycle notices to every plug-in, which have no serviceId")
     p.set_defaults(func=cmd_bus_tap)
+    p = bus.add_parser("key", help="print the bus server's public key (for a remote host's "
+                       "bus_server_key)")
+    p.set_defaults(func=cmd_bus_key)
+    p = bus.add_parser("admit", help="allow a plug-in host's key on the bus (its "
+                       "plugin_host/bus/client.key), under its host id")
+    p.add_argument("host_id", help="the host's [plugin_host] host_id")
+    p.add_argument("key_file", help="the host's public key file (client.key)")
+    p.set_defaults(func=cmd_bus_admit)
 
     p = sub.add_parser("slice", help="slice a model (STL, OBJ, 3MF) to G-code")
     p.add_argument("model")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import threading
 from pathlib import Path
@@ -13,13 +12,13 @@ from zmq.utils import z85
 from gotapi3dp.buskeys import (CLIENT_NAME, SERVER_NAME, admit, clients_dir,
                                load_or_create_pair, server_dir)
 from gotapi3dp.config import Config, ConfigError
+from gotapi3dp.wire.busproto import HOST_ID_RE
 
 from .host import HostAuth, PluginHost
 from .idempotency import IdempotencyStore
 
 log = logging.getLogger(__name__)
 
-_HOST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def serve(config: Config) -> None:
@@ -50,7 +49,7 @@ def host_auth(config: Config) -> HostAuth | None:
     Without `bus_server_key`, the server is taken to share this data dir: its public key is
     read from there, and this host's own public key is put in its allow-list."""
     settings = config.plugin_host
-    if not _HOST_ID.fullmatch(settings.host_id):
+    if not HOST_ID_RE.fullmatch(settings.host_id):
         raise ConfigError("plugin_host.host_id must be 1-64 of A-Za-z0-9_.- (it names the "
                           "host's key file and its bus connections)")
     if settings.bus_security not in ("curve", "none"):

@@ -6,6 +6,7 @@ encoded Intent for REQUEST / REPLY / EVENT, nothing for HEARTBEAT / DISCONNECT.
 """
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,9 @@ class Announce:
 
     def to_map(self) -> dict[str, Any]:
         return {"v": 1, "hostId": self.host_id, "plugins": [p.to_map() for p in self.plugins]}
+
+
+HOST_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")   # names a host's key file and connections
 
 
 def connection_id(host_id: str) -> bytes:

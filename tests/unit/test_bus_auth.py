@@ -338,3 +338,54 @@ def test_the_warning_budget_holds_against_many_peer_ids(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="gotapi_server.bus"):
         allowed = sum(quota.allow(f"fake-{i}".encode()) for i in range(2000) for _ in range(6))
     assert allowed < WARN_TOTAL and len(caplog.records) <= WARN_TOTAL
+
+
+# ---- the operator's commands ----
+
+def test_bus_key_and_bus_admit_set_up_a_remote_host(tmp_path: Path, capsys) -> None:
+    from gotapi3dp import cli
+
+    server_data, host_data = tmp_path / "server", tmp_path / "host"
+    assert cli.main(["--data-dir", str(server_data), "bus", "key"]) == 0
+    key = capsys.readouterr().out.strip()
+    assert len(key) == 40
+    assert cli.main(["--data-dir", str(server_data), "bus", "key"]) == 0
+    assert capsys.readouterr().out.strip() == key                 # made once
+    config = Config(data_dir=host_data)
+    config.plugin_host.host_id = "far-host"
+    config.plugin_host.bus_server_key = key
+    auth = host_auth(config)
+    assert auth is not None and auth.server_public() == key.encode()
+    key_file = host_data / "plugin_host" / "bus" / f"{CLIENT_NAME}.key"
+    assert cli.main(["--data-dir", str(server_data), "bus", "admit", "far-host",
+                     str(key_file)]) == 0
+    assert "admitted far-host" in capsys.readouterr().out
+    assert allowed_keys(clients_dir(server_data / "gotapi")) == {auth.pair.public: "far-host"}
+
+
+@pytest.mark.parametrize("host_id,content,message", [
+    ("bad/id", None, "1-64 of A-Za-z0-9_.-"),
+    ("host-2", "public-key\n", "not a CURVE public key file"),
+    ("host-2", "", "not a CURVE public key file"),
+])
+def test_bus_admit_refuses_bad_input_in_one_line(tmp_path: Path, capsys, host_id: str,
+                                                 content: str | None, message: str) -> None:
+    from gotapi3dp import cli
+
+    key_file = tmp_path / "client.key"
+    if content is not None:
+        key_file.write_text(content)
+    else:
+        load_or_create_pair(tmp_path, CLIENT_NAME)
+    assert cli.main(["--data-dir", str(tmp_path / "d"), "bus", "admit", host_id,
+                     str(key_file)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_bus_admit_of_a_missing_file_is_one_line(tmp_path: Path, capsys) -> None:
+    from gotapi3dp import cli
+
+    assert cli.main(["--data-dir", str(tmp_path / "d"), "bus", "admit", "h",
+                     str(tmp_path / "nope.key")]) == 1
+    assert "does not exist" in capsys.readouterr().err
