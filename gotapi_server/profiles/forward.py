@@ -66,7 +66,12 @@ def call_plugin(intent: Intent, plugin: PluginLike) -> Response:
         if code is None or not 0 < code < 1 << 31:   # a plug-in's -5 or 2**63 is no code
             code = ErrorCode.UNKNOWN
         raise P3DError(code, answer.error_message or "The plug-in reported an error.")
-    return ok(**answer.params)
+    try:
+        return ok(**answer.params)
+    except (TypeError, ValueError):   # bytes, NaN...: a valid Intent, but not JSON
+        log.warning("plug-in %s answered with values JSON cannot carry", plugin.id)
+        raise P3DError(ErrorCode.BAD_INTENT,
+                       "The plug-in answered with values JSON cannot carry.") from None
 
 
 def _check_path(profile: str, interface: str | None, attribute: str | None) -> None:

@@ -75,6 +75,14 @@ def test_a_plugin_error_code_out_of_range_is_1(tmp_path: Path, code: int) -> Non
     assert (body["result"], body["errorCode"], body["errorMessage"]) == (1, 1, "odd")
 
 
+@pytest.mark.parametrize("value", [b"\x00\x01", float("nan"), float("inf")])
+def test_a_plugin_answer_json_cannot_carry_is_1001(tmp_path: Path, value: object) -> None:
+    bus = printer_bus(lambda i: i.response({"odd": value}))
+    client, token = _client(tmp_path, bus)
+    body = _get(client, "/gotapi/printer3d/job", token, serviceId=SERVICE, jobId="x")
+    assert (body["result"], body["errorCode"]) == (1, 1001), body
+
+
 def test_empty_access_token_is_13(tmp_path: Path) -> None:
     client, _ = _client(tmp_path, printer_bus())
     assert _get(client, "/gotapi/printer3d/status", None, serviceId=SERVICE)["errorCode"] == 13
