@@ -141,3 +141,46 @@ def admit(directory: Path, name: str, public_file: Path) -> None:
 
 def z85_of(binary_key: bytes) -> bytes:
     return zmq.utils.z85.encode(binary_key)
+
+
+def check_public(text: str) -> bytes:
+    """A public key given as text (`bus_server_key`, `--server-key`); ValueError if it is
+    not 40 Z85 characters spelling 32 bytes."""
+    key = text.encode()
+    try:
+        valid = len(key) == 40 and len(zmq.utils.z85.decode(key)) == 32
+    except (ValueError, KeyError, IndexError):
+        valid = False
+    if not valid:
+        raise ValueError("a CURVE public key is 40 Z85 characters (the public-key line of "
+                         "server.key, or what `gotapi-3dp bus key` prints)")
+    return key
+
+
+@dataclass(frozen=True)
+class ClientKeys:
+    """A bus client's keys: its pair, and the server's public key, given or in a file."""
+
+    pair: KeyPair
+    server_key: bytes | None = None
+    server_key_file: Path | None = None
+
+    def server_public(self) -> bytes:
+        if self.server_key:
+            return self.server_key
+        if self.server_key_file is None:
+            raise ValueError("no bus server key configured")
+        return read_public(self.server_key_file)
+
+
+def client_keys(data_dir: Path, own_dir: Path, name: str, server_key: str) -> ClientKeys:
+    """The keys of a bus client (a plug-in host, a tap) whose pair lives in `own_dir`. With
+    `server_key` (text) the server is elsewhere and manages its allow-list; without, it is
+    taken to share `data_dir`: its public key is read from there, and this client's key is
+    put in its allow-list as `name`."""
+    pair = load_or_create_pair(own_dir, CLIENT_NAME)
+    if server_key:
+        return ClientKeys(pair, server_key=check_public(server_key))
+    gotapi_dir = data_dir / "gotapi"
+    admit(clients_dir(gotapi_dir), name, own_dir / f"{CLIENT_NAME}.key")
+    return ClientKeys(pair, server_key_file=server_dir(gotapi_dir) / f"{SERVER_NAME}.key")

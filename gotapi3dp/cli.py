@@ -65,17 +65,39 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 def cmd_bus_tap(args: argparse.Namespace, config: Config) -> int:
     from gotapi_server.tap import tap
     endpoint = args.endpoint or config.gotapi.tap_endpoint
+    curve, note = _tap_curve(args, config)
 
     def banner() -> None:
+        if note is not None:
+            print(note, file=sys.stderr)
         if not args.json:
             print(f"tapping {endpoint} (Ctrl-C to stop)", file=sys.stderr)
     try:
         tap(endpoint, args.json, sys.stdout, limit=args.count, profile=args.profile,
             service=args.service, connected=banner,
-            notice=lambda text: print(text, file=sys.stderr, flush=True))
+            notice=lambda text: print(text, file=sys.stderr, flush=True), curve=curve)
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+def _tap_curve(args: argparse.Namespace, config: Config) -> tuple[Any, str | None]:
+    """(server public key, this tap's pair) when the bus runs CurveZMQ, else None; and a
+    notice for the operator, if any. The tap's pair lives in <data-dir>/tap/bus; without
+    --server-key the server is taken to share the data dir: its key is read there and the
+    tap admits itself as `tap`. No key there: the tap goes without CurveZMQ, and says so."""
+    if config.gotapi.bus_security == "none":
+        return None, None
+    from .buskeys import client_keys
+    try:
+        keys = client_keys(Path(config.data_dir), config.dir_for("tap") / "bus", "tap",
+                           args.server_key or "")
+        return (keys.server_public(), keys.pair), None
+    except FileNotFoundError:
+        return None, ("no bus server key in this data dir: tapping without CurveZMQ (for a "
+                      "bus that uses it, give --server-key, what `gotapi-3dp bus key` prints)")
+    except ValueError as exc:
+        raise ConfigError(f"--server-key: {exc}") from None
 
 
 def cmd_bus_key(args: argparse.Namespace, config: Config) -> int:
@@ -344,7 +366,9 @@ TAP_DESCRIPTION = (
     "and delivery delays, so two taps can show different latencies for the same request; it "
     "is not measured by the bus. Notices on stderr say when nothing answers at the endpoint "
     "yet (the tap keeps retrying), when what answers is not a tap, when it has connected and "
-    "when the bus goes away.")
+    "when the bus goes away. Under bus_security = \"curve\" the tap authenticates: on the "
+    "server's data dir it admits its own key; elsewhere give --server-key and admit its "
+    "<data-dir>/tap/bus/client.key on the server with `bus admit`.")
 
 
 def _positive_int(text: str) -> int:
@@ -387,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "every plug-in (EVENT_TRANSMIT_DISCONNECT...), which have no profile")
     p.add_argument("--service", help="only Intents of this serviceId (local or public), and "
                    "lifecycle notices to every plug-in, which have no serviceId")
+    p.add_argument("--server-key", help="the bus server's public key, for a bus on another "
+                   "machine (default: read from this data dir; see `bus key`)")
     p.set_defaults(func=cmd_bus_tap)
     p = bus.add_parser("key", help="print the bus server's public key (for a remote host's "
                        "bus_server_key)")

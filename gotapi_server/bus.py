@@ -58,6 +58,7 @@ RECV_BATCH = 256         # messages read per poll before timers and the mailbox 
 RECV_BATCH_BYTES = 4 << 20  # ... or this many bytes, so big frames cannot hold the loop
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"   # where libzmq asks who may connect (RFC 27)
 ZAP_DOMAIN = b"gotapi-bus"
+TAP_ZAP_DOMAIN = b"gotapi-tap"
 ZMTP_HEARTBEAT_MS = 1000   # libzmq's own pings: a link silent for 3 of them is closed
 WARN_BURST, WARN_TOTAL, WARN_WINDOW = 5, 50, 10.0   # per peer, in all, per window (s)
 PENDING_GRACE = 1.0      # a pending request outlives its caller's timeout by this, then is purged
@@ -384,6 +385,11 @@ class Bus:
         self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         if self.tap_endpoint:
             tap = self._tap = self._ctx.socket(zmq.XPUB)
+            if self._auth is not None:   # taps are admitted like hosts (same allow-list)
+                tap.setsockopt(zmq.CURVE_SERVER, 1)
+                tap.setsockopt(zmq.CURVE_SECRETKEY, self._auth.pair.secret)
+                tap.setsockopt(zmq.CURVE_PUBLICKEY, self._auth.pair.public)
+                tap.setsockopt(zmq.ZAP_DOMAIN, TAP_ZAP_DOMAIN)
             tap.setsockopt(zmq.LINGER, 0)
             tap.setsockopt(zmq.SNDHWM, TAP_HWM)
             tap.bind(_bindable(self.tap_endpoint))

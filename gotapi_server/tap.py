@@ -17,6 +17,10 @@ service and go to every plug-in. Secrets never reach the screen: sealed tokens (
 and every parameter whose name holds `token`, `key`, `secret`, `password`... (access tokens,
 contents keys) are shown as `<redacted N chars sha256:xxxxxxxx>`, redacted again here.
 
+Under `bus_security = "curve"` the tap endpoint admits the keys of the bus's allow-list
+only (`curve`: the server's public key and this tap's pair; `gotapi-3dp bus tap` makes its
+pair in <data-dir>/tap/bus and, on the server's data dir, admits it as `tap`).
+
 A SUB socket connects in the background and retries for ever, so on its own a tap whose bus
 is down looks exactly like a quiet bus. The tap watches its socket's connection events
 (ZeroMQ's socket monitor) and says so through `notice`: once when nothing answers yet, when
@@ -38,6 +42,7 @@ from urllib.parse import urlsplit
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from gotapi3dp.buskeys import KeyPair
 from gotapi3dp.config import ConfigError
 from gotapi3dp.wire.busproto import COMMAND_NAMES, PROTOCOL, READY, decode_announce
 from gotapi3dp.wire.intent import REQUEST_ACTIONS, Action, IntentError, decode
@@ -110,6 +115,7 @@ class Link:
     endpoint: str
     notice: Callable[[str], None]
     state: str = "connecting"   # connecting -> waiting | up | wrong; up -> lost -> up
+    curve: bool = False         # the tap authenticates (CurveZMQ)
 
     EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECT_RETRIED
               | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -124,6 +130,16 @@ class Link:
         elif event == zmq.EVENT_DISCONNECTED and self.state == "up":
             self.state = "lost"
             self.notice(f"lost {self.endpoint}; reconnecting")
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self.state in ("connecting",
+                                                                        "waiting"):
+            self.state = "wrong"
+            self.notice(f"the bus at {self.endpoint} refused this tap's key; on the server, "
+                        "`gotapi-3dp bus admit NAME <this tap's client.key>` admits it")
+        elif event & self._REFUSED and self.curve and self.state in ("connecting", "waiting"):
+            self.state = "wrong"
+            self.notice(f"the CurveZMQ handshake with {self.endpoint} failed: is the server "
+                        "key right (--server-key), does the server use bus_security = "
+                        "\"curve\", and is this gotapi.tap_endpoint?")
         elif event & self._REFUSED and self.state in ("connecting", "waiting"):
             # a handshake that never succeeded: a ZeroMQ peer of the wrong kind (often the
             # bus endpoint itself), or something that is not ZeroMQ; libzmq will not retry
@@ -139,13 +155,19 @@ class Link:
 def tap(endpoint: str, as_json: bool, out: TextIO, stop: threading.Event | None = None,
         limit: int | None = None, profile: str | None = None,
         service: str | None = None, connected: Callable[[], None] | None = None,
-        notice: Callable[[str], None] | None = None) -> int:
+        notice: Callable[[str], None] | None = None,
+        curve: tuple[bytes, KeyPair] | None = None) -> int:
     """Print frames until `stop` is set, `limit` frames were printed or Ctrl-C; exit status 0.
     `connected` is called once the endpoint is accepted; a bad one raises ConfigError.
-    `notice` gets one-line messages about the connection (see the module docstring)."""
+    `notice` gets one-line messages about the connection (see the module docstring).
+    `curve`: (the server's public key, this tap's pair) for a bus under CurveZMQ."""
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
-    link = Link(endpoint, notice) if notice is not None else None
+    if curve is not None:
+        sub.setsockopt(zmq.CURVE_SERVERKEY, curve[0])
+        sub.setsockopt(zmq.CURVE_PUBLICKEY, curve[1].public)
+        sub.setsockopt(zmq.CURVE_SECRETKEY, curve[1].secret)
+    link = Link(endpoint, notice, curve=curve is not None) if notice is not None else None
     monitor = sub.get_monitor_socket(Link.EVENTS) if link is not None else None
     poller = zmq.Poller()
     poller.register(sub, zmq.POLLIN)

@@ -18,13 +18,12 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from gotapi3dp.buskeys import KeyPair, read_public
+from gotapi3dp.buskeys import ClientKeys
 from gotapi3dp.config import PluginHostConfig
 from gotapi3dp.wire.busproto import (DISCONNECT, EVENT, HEARTBEAT, HEARTBEAT_INTERVAL,
                                      HEARTBEAT_LIVENESS, MAX_FRAME_BYTES, PROTOCOL, READY,
@@ -49,22 +48,9 @@ _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_
                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
-@dataclasses.dataclass(frozen=True)
-class HostAuth:
-    """CURVE towards the bus (`gotapi3dp/buskeys.py`): this host's key pair and the server's
-    public key, given (`bus_server_key`) or read from `server_key_file` at each connect, so
-    a host started before the server finds it once the server has made it."""
-
-    pair: KeyPair
-    server_key: bytes | None = None
-    server_key_file: Path | None = None
-
-    def server_public(self) -> bytes:
-        if self.server_key:
-            return self.server_key
-        if self.server_key_file is None:
-            raise ValueError("no bus server key configured")
-        return read_public(self.server_key_file)
+# CURVE towards the bus: this host's pair and the server's public key, given or read from
+# its file at each connect, so a host started before the server finds it once it is made.
+HostAuth = ClientKeys
 
 
 class PluginHost:

@@ -7,10 +7,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from zmq.utils import z85
-
-from gotapi3dp.buskeys import (CLIENT_NAME, SERVER_NAME, admit, clients_dir,
-                               load_or_create_pair, server_dir)
+from gotapi3dp.buskeys import client_keys
 from gotapi3dp.config import Config, ConfigError
 from gotapi3dp.wire.busproto import HOST_ID_RE
 
@@ -57,18 +54,8 @@ def host_auth(config: Config) -> HostAuth | None:
                           f"not {settings.bus_security!r}")
     if settings.bus_security == "none":
         return None
-    key_dir = config.dir_for("plugin_host") / "bus"
-    pair = load_or_create_pair(key_dir, CLIENT_NAME)
-    if settings.bus_server_key:
-        key = settings.bus_server_key.encode()
-        try:
-            valid = len(key) == 40 and len(z85.decode(key)) == 32
-        except (ValueError, KeyError, IndexError):
-            valid = False
-        if not valid:
-            raise ConfigError("plugin_host.bus_server_key must be a CURVE public key "
-                              "(40 Z85 characters, the public-key line of server.key)")
-        return HostAuth(pair, server_key=key)
-    gotapi_dir = Path(config.data_dir) / "gotapi"
-    admit(clients_dir(gotapi_dir), settings.host_id, key_dir / f"{CLIENT_NAME}.key")
-    return HostAuth(pair, server_key_file=server_dir(gotapi_dir) / f"{SERVER_NAME}.key")
+    try:
+        return client_keys(Path(config.data_dir), config.dir_for("plugin_host") / "bus",
+                           settings.host_id, settings.bus_server_key)
+    except ValueError as exc:
+        raise ConfigError(f"plugin_host.bus_server_key: {exc}") from None

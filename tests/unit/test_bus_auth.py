@@ -389,3 +389,76 @@ def test_bus_admit_of_a_missing_file_is_one_line(tmp_path: Path, capsys) -> None
     assert cli.main(["--data-dir", str(tmp_path / "d"), "bus", "admit", "h",
                      str(tmp_path / "nope.key")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---- the tap under CurveZMQ ----
+
+@pytest.fixture
+def tapped_bus(gotapi_dir: Path) -> Iterator[Bus]:
+    pair = load_or_create_pair(server_dir(gotapi_dir), SERVER_NAME)
+    b = Bus("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", heartbeat=HB, liveness=PATIENT,
+            auth=BusAuth(pair, clients_dir(gotapi_dir)))
+    b.start()
+    yield b
+    b.stop()
+
+
+def _run_tap(bus: Bus, curve, notices: list[str]):
+    import io
+
+    from gotapi_server.tap import tap
+
+    out, stop = io.StringIO(), threading.Event()
+    thread = threading.Thread(target=tap, args=(bus.tap_endpoint, False, out, stop),
+                              kwargs={"curve": curve, "notice": notices.append}, daemon=True)
+    thread.start()
+    return out, stop, thread
+
+
+def test_the_tap_takes_admitted_keys_only(ctx, tapped_bus, gotapi_dir, tmp_path) -> None:
+    """A plain SUB, or a tap whose key is not admitted, sees nothing; an admitted tap sees the
+    traffic (review: the tap endpoint let any local process in)."""
+    bus = tapped_bus
+    server = _server_public(gotapi_dir)
+    dir_h, pair_h = _host_pair(tmp_path, "host")
+    admit(clients_dir(gotapi_dir), "raw-host", dir_h / f"{CLIENT_NAME}.key")
+    host = RawHost(ctx, bus.endpoint, curve=(server, pair_h))
+    host.ready()
+    assert wait_until(lambda: online(bus, "echo"))
+    plain = ctx.socket(zmq.SUB)
+    plain.setsockopt(zmq.SUBSCRIBE, b"")
+    plain.connect(bus.tap_endpoint)
+    dir_t, pair_t = _host_pair(tmp_path, "tap")
+    stranger_notices: list[str] = []
+    _, stranger_stop, stranger = _run_tap(bus, (server, load_or_create_pair(
+        tmp_path / "stranger", CLIENT_NAME)), stranger_notices)
+    admit(clients_dir(gotapi_dir), "tap", dir_t / f"{CLIENT_NAME}.key")
+    notices: list[str] = []
+    out, stop, thread = _run_tap(bus, (server, pair_t), notices)
+    try:
+        assert wait_until(lambda: (host.send(PROTOCOL, HEARTBEAT), out.getvalue())[1] != "")
+        assert any("connected to" in n for n in notices)
+        assert wait_until(lambda: any("refused this tap's key" in n for n in stranger_notices))
+        assert not plain.poll(300)
+    finally:
+        stop.set()
+        stranger_stop.set()
+        thread.join(timeout=2)
+        stranger.join(timeout=2)
+        plain.close(linger=0)
+
+
+def test_bus_tap_admits_itself_in_a_shared_data_dir(tmp_path: Path) -> None:
+    import argparse
+
+    from gotapi3dp.cli import _tap_curve
+
+    config = Config(data_dir=tmp_path)
+    none, note = _tap_curve(argparse.Namespace(server_key=None), config)
+    assert none is None and "tapping without CurveZMQ" in note
+    server = load_or_create_pair(server_dir(tmp_path / "gotapi"), SERVER_NAME)
+    curve, note = _tap_curve(argparse.Namespace(server_key=None), config)
+    assert note is None and curve[0] == server.public
+    assert allowed_keys(clients_dir(tmp_path / "gotapi"))[curve[1].public] == "tap"
+    with pytest.raises(ConfigError, match="--server-key"):
+        _tap_curve(argparse.Namespace(server_key="nope"), config)
