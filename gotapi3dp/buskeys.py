@@ -13,9 +13,11 @@ Files, in ZeroMQ's certificate format (`zmq.auth`), under `<data-dir>`:
   shares the server's data dir.
 - `gotapi/bus/clients/*.key`: the allow-list, one public key per plug-in host, read again
   whenever an unknown key knocks (adding a host needs no restart).
-- `plugin_host/bus/client.key` and `client.key_secret`: a host's pair. A host that shares the
-  server's data dir adds its own public key to the allow-list; for a host on another machine,
-  copy its `client.key` into the server's `clients/` directory.
+- `plugin_host/bus/client.key` and `client.key_secret`: a host's pair; `tap/bus/...`, the
+  pair of `bus tap` (the tap endpoint admits the same allow-list). A client that shares the
+  server's data dir adds its own public key to the allow-list (`client_keys`); for one on
+  another machine, `gotapi-3dp bus admit HOST_ID client.key` on the server. A key speaks
+  only as the name of its file (`<host id>.key`).
 A pair is created once, atomically, by whichever process needs it first; secret files are
 0600 in 0700 directories.
 """
