@@ -35,6 +35,7 @@ import zmq.utils.z85
 
 SERVER_NAME = "server"
 CLIENT_NAME = "client"
+BUS_SECURITY = ("curve", "none")   # the values of [gotapi] and [plugin_host] bus_security
 
 
 @dataclass(frozen=True)

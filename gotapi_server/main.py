@@ -6,13 +6,12 @@ from typing import Any
 
 from flask import Flask
 
-from gotapi3dp.buskeys import SERVER_NAME, clients_dir, load_or_create_pair, server_dir
+from gotapi3dp.buskeys import (BUS_SECURITY, SERVER_NAME, clients_dir, load_or_create_pair,
+                               server_dir)
 from gotapi3dp.config import Config, ConfigError, check_bind_host
 from gotapi3dp.serving import WORKER_CLASSES, run_gunicorn
 
 from .app import create_app
-
-BUS_SECURITY = ("curve", "none")
 
 
 def serve(config: Config) -> None:

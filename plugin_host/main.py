@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from gotapi3dp.buskeys import client_keys
+from gotapi3dp.buskeys import BUS_SECURITY, client_keys
 from gotapi3dp.config import Config, ConfigError
 from gotapi3dp.wire.busproto import HOST_ID_RE
 
@@ -49,7 +49,7 @@ def host_auth(config: Config) -> HostAuth | None:
     if not HOST_ID_RE.fullmatch(settings.host_id):
         raise ConfigError("plugin_host.host_id must be 1-64 of A-Za-z0-9_.- (it names the "
                           "host's key file and its bus connections)")
-    if settings.bus_security not in ("curve", "none"):
+    if settings.bus_security not in BUS_SECURITY:
         raise ConfigError(f"plugin_host.bus_security must be curve or none, "
                           f"not {settings.bus_security!r}")
     if settings.bus_security == "none":
