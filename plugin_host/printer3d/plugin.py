@@ -20,7 +20,7 @@ from gotapi3dp import __version__
 from gotapi3dp.config import Config, PrinterEntry
 from gotapi3dp.wire.busproto import PluginInfo
 from gotapi3dp.wire.errors import ErrorCode, P3DError
-from gotapi3dp.wire.token import CLOCK_SKEW
+from gotapi3dp.wire.token import CLOCK_SKEW, job_id_for
 from gotapi3dp.wire.ids import CONTENT_ID_RE
 from gotapi3dp.wire.intent import Action, Intent
 from plugin_host.plugin import Plugin
@@ -151,11 +151,13 @@ class Printer3DPlugin(Plugin):
         """Printing Command (steps 7-12): hand the sealed token to the printer."""
         conn = self._connections.get(_param(intent, "connectionId"), printer.service_id,
                                      intent.origin or "")
+        client = self._clients[printer.service_id]
         if conn.job_id is None and conn.expires_at + CLOCK_SKEW <= time.time():
             # (past the printer's own clock-skew allowance too, so the two never disagree)
-            raise P3DError(ErrorCode.CONNECTION_EXPIRED,
-                           "the connection's secure token has expired; connect again")
-        job = self._clients[printer.service_id].submit(conn.token)
+            if not _printer_knows(client, conn.token):
+                raise P3DError(ErrorCode.CONNECTION_EXPIRED,
+                               "the connection's secure token has expired; connect again")
+        job = client.submit(conn.token)
         self._connections.set_job(conn.id, job["id"])
         return {"jobId": job["id"]}
 
@@ -319,6 +321,19 @@ class _Cached:
     at: float                 # time.monotonic() when it arrived
     answer: dict[str, Any]    # what GET status answers
     pushed: bool              # pushed by the printer (kept up to date), or asked by us
+
+
+def _printer_knows(client: PrinterClient, token: str) -> bool:
+    """Whether the printer made a job from `token` (it names each job after its token). A
+    Printing Command whose answer was lost, retried once the token expired, then hears what
+    any retry hears (the job, or its error) instead of 1111 while the job runs."""
+    try:
+        client.job(job_id_for(token))
+    except P3DError as exc:
+        if exc.code == ErrorCode.JOB_NOT_FOUND:
+            return False
+        raise
+    return True
 
 
 def _status_answer(status: dict[str, Any]) -> dict[str, Any]:

@@ -509,11 +509,18 @@ def test_printing_an_expired_connection_is_1111_and_never_reaches_the_printer(tm
     plugin = p3d.Printer3DPlugin([PrinterEntry()], None, store, 1.0,  # type: ignore[arg-type]
                                  follow_jobs=False)
     submitted: list[str] = []
+    from gotapi3dp.wire.token import job_id_for
+    known = {job_id_for("p3t1.lost")}            # the printer made a job from this token
 
     class Printer:
         def submit(self, token: str) -> dict:
             submitted.append(token)
             return {"id": "j" * 32}
+
+        def job(self, job_id: str) -> dict:
+            if job_id not in known:
+                raise P3DError(ErrorCode.JOB_NOT_FOUND, f"no job {job_id}")
+            return {"id": job_id, "state": "printing"}
 
     plugin._clients["printer-1"] = Printer()  # type: ignore[assignment]
     origin = "http://localhost"
@@ -534,3 +541,9 @@ def test_printing_an_expired_connection_is_1111_and_never_reaches_the_printer(tm
     assert print_(skewed.id) == {"jobId": "j" * 32}   # within the skew: the printer decides
     store.set_job(stale.id, "k" * 32)        # a connection that already printed: a retry
     assert print_(stale.id) == {"jobId": "j" * 32} and len(submitted) == 3
+    # Review: a print whose answer was lost (job_id never stored), retried after expiry,
+    # answered 1111 while its job ran; the printer knows the token, so it answers again.
+    lost = store.add("printer-1", origin, "p3t1.lost", {"id": "c"},
+                     _time.time() - CLOCK_SKEW - 1)
+    assert print_(lost.id) == {"jobId": "j" * 32} and submitted[-1] == "p3t1.lost"
+    assert store.get(lost.id, "printer-1", origin).job_id == "j" * 32
