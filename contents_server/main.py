@@ -13,5 +13,5 @@ def serve(config: Config) -> None:
     check_bind_host(contents.host, contents.allow_non_loopback, "contents server")
     data_dir = config.dir_for("contents")
     run_gunicorn(lambda: create_app(contents, data_dir), contents.host, contents.port,
-                 name="gotapi-3dp-contents")
+                 name="gotapi-3dp-contents", refusals="http")
 

@@ -14,9 +14,12 @@ from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
 
+from gotapi3dp.refusals import STYLES
+
 log = logging.getLogger(__name__)
 
-WORKER_CLASSES = {"gthread": "gthread", "gevent": "gotapi3dp.gevent_worker.FairGeventWorker"}
+WORKER_CLASSES = {"gthread": "gotapi3dp.thread_worker.JsonThreadWorker",
+                  "gevent": "gotapi3dp.gevent_worker.FairGeventWorker"}
 
 
 class _FactoryApplication(BaseApplication):  # type: ignore[misc]
@@ -38,16 +41,19 @@ def run_gunicorn(factory: Callable[[], Any], host: str, port: int, *, threads: i
                  name: str = "gotapi-3dp", on_exit: Callable[[], None] | None = None,
                  on_stopping: Callable[[], None] | None = None,
                  access_log: bool = False, worker: str = "gthread",
-                 connections: int = 1000) -> None:
+                 connections: int = 1000, refusals: str = "gotapi") -> None:
     """Block serving `factory()` on host:port until SIGINT/SIGTERM.
 
     `threads` sizes a gthread worker, `connections` a gevent one. `on_stopping` runs in the
     worker (gthread) as soon as it is told to stop (SIGTERM), before Gunicorn waits for the
     requests in flight: end long-lived responses there. `on_exit` runs in the worker once
-    it has stopped serving (stop threads, close sockets).
+    it has stopped serving (stop threads, close sockets). `refusals` is the JSON style of
+    the answers to requests Gunicorn refuses before the app runs (`refusals.STYLES`).
     """
     if worker not in WORKER_CLASSES:
         raise ValueError(f"unknown worker {worker!r} (choose from {', '.join(WORKER_CLASSES)})")
+    if refusals not in STYLES:
+        raise ValueError(f"unknown refusal style {refusals!r} (choose from {', '.join(STYLES)})")
 
     def post_worker_init(_worker: Any) -> None:
         # The app is built: move what it allocated out of the collector's sight, so a full
@@ -55,6 +61,7 @@ def run_gunicorn(factory: Callable[[], Any], host: str, port: int, *, threads: i
         # Collect first, so garbage left from building it is freed, not pinned.
         gc.collect()
         gc.freeze()
+        _worker.refusal_style = refusals
         if on_stopping is not None:
             _on_sigterm(_worker, on_stopping)
 

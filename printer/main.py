@@ -230,7 +230,7 @@ def serve(config: Config) -> None:
             printer.close()
 
     run_gunicorn(factory, pc.host, pc.port, threads=8, name="gotapi-3dp-printer",
-                 on_exit=on_exit, on_stopping=on_stopping)
+                 on_exit=on_exit, on_stopping=on_stopping, refusals="http")
 
 
 def main(argv: list[str] | None = None) -> None:

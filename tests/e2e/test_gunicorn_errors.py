@@ -16,9 +16,10 @@ from .conftest import Stack
 pytestmark = pytest.mark.e2e
 
 
-def raw_request(stack: Stack, data: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
-    """Send `data`, read until the server closes: (status, headers, JSON body)."""
-    url = urlsplit(stack.info["gotapi"])
+def raw_request(stack: Stack, data: bytes,
+                server: str = "gotapi") -> tuple[int, dict[str, str], dict[str, Any]]:
+    """Send `data` to `server`, read until it closes: (status, headers, JSON body)."""
+    url = urlsplit(stack.info[server])
     with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
         sock.sendall(data)
         answer = b""
@@ -87,3 +88,17 @@ def test_the_server_still_serves_after_refusals(stack: Stack) -> None:
     resp = requests.get(stack.info["gotapi"] + "/gotapi/availability",
                         headers={"Origin": "http://localhost"}, timeout=30)
     assert resp.status_code == 200 and resp.json()["result"] == 0
+
+
+@pytest.mark.parametrize("server", ["printer", "contents"])
+def test_the_printer_and_contents_server_refuse_in_their_own_json(stack: Stack,
+                                                                 server: str) -> None:
+    """They answered these with Gunicorn's HTML page (noted in sessions 6-8)."""
+    netloc = urlsplit(stack.info[server]).netloc.encode()
+    status, headers, body = raw_request(
+        stack, b"GET /api/status?x=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: " + netloc
+        + b"\r\n\r\n", server)
+    assert status == 414 and headers["content-type"] == "application/json"
+    assert body["error"]["code"] == 1003 and "Request line is too large" in body["error"]["message"]
+    status, headers, body = raw_request(stack, b"GARBAGE\r\n\r\n", server)
+    assert status == 400 and body["error"]["name"] == "INVALID_REQUEST_PARAMETER"

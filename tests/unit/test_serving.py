@@ -14,6 +14,8 @@ from gotapi_server.main import serve
 def test_unknown_worker_kinds_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown worker 'eventlet'"):
         run_gunicorn(lambda: None, "127.0.0.1", 0, worker="eventlet")
+    with pytest.raises(ValueError, match="unknown refusal style 'html'"):
+        run_gunicorn(lambda: None, "127.0.0.1", 0, refusals="html")
     with pytest.raises(ConfigError, match="gotapi.worker must be one of gthread, gevent"):
         serve(Config(gotapi=GotapiConfig(worker="tornado")))
 
@@ -57,8 +59,10 @@ def test_on_stopping_runs_on_sigterm_after_gunicorns_own_handler() -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _gunicorn_handle_error(exc: BaseException) -> tuple[bytes, list[str]]:
-    """What the fair worker's handle_error writes to the client, and what it logs."""
+def _gunicorn_handle_error(exc: BaseException, worker_class: type | None = None,
+                           style: str = "gotapi") -> tuple[bytes, list[str]]:
+    """What a worker's handle_error writes to the client (the fair gevent worker unless
+    told), and what it logs."""
     import socket
 
     from gunicorn.config import Config as GunicornConfig
@@ -75,7 +79,8 @@ def _gunicorn_handle_error(exc: BaseException) -> tuple[bytes, list[str]]:
         def debug(self, msg: str, *args: Any) -> None:
             logged.append("debug: " + msg)
 
-    worker = object.__new__(gevent_worker.FairGeventWorker)
+    worker = object.__new__(worker_class or gevent_worker.FairGeventWorker)
+    worker.refusal_style = style
     worker.log = Log()
     worker.cfg = GunicornConfig()
     server, client = socket.socketpair()
@@ -132,3 +137,37 @@ def test_a_long_malformed_request_line_is_not_echoed_whole() -> None:
     answer, _ = _gunicorn_handle_error(InvalidRequestLine("x" * 5000))
     message = _parse(answer)[2]["errorMessage"]
     assert len(message) < 300 and message.endswith("...")
+
+
+@pytest.mark.parametrize("exc, status_line, code, name", [
+    (lambda e: e.LimitRequestLine(9036, 8190), "HTTP/1.1 414 URI Too Long", 1003,
+     "PAYLOAD_TOO_LARGE"),
+    (lambda e: e.InvalidRequestLine("GARBAGE"), "HTTP/1.1 400 Bad Request", 10,
+     "INVALID_REQUEST_PARAMETER"),
+    (lambda e: RuntimeError("secret detail"), "HTTP/1.1 500 Internal Server Error", 1,
+     "UNKNOWN"),
+])
+def test_the_thread_worker_answers_refusals_in_the_printer_and_contents_json(
+        exc: Any, status_line: str, code: int, name: str) -> None:
+    """The printer and the contents server (gthread) answered these with Gunicorn's HTML."""
+    from gunicorn.http import errors
+
+    from gotapi3dp.thread_worker import JsonThreadWorker
+    answer, logged = _gunicorn_handle_error(exc(errors), JsonThreadWorker, "http")
+    line, headers, body = _parse(answer)
+    assert line == status_line
+    assert headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
+    assert set(body) == {"error"} and body["error"]["code"] == code
+    assert body["error"]["name"] == name and body["error"]["message"]
+    assert "secret" not in body["error"]["message"]
+    assert b"<html" not in answer and logged
+
+
+def test_the_thread_worker_answers_in_gotapi_json_for_the_gotapi_server() -> None:
+    from gunicorn.http import errors
+
+    from gotapi3dp.thread_worker import JsonThreadWorker
+    answer, _ = _gunicorn_handle_error(errors.InvalidRequestLine("GARBAGE"), JsonThreadWorker)
+    body = _parse(answer)[2]
+    assert body["result"] == 1 and body["errorCode"] == 10
