@@ -137,6 +137,19 @@ def test_printing_the_same_connection_twice_is_one_job(stack: Stack) -> None:
     assert wait_job(app, sid, job_id)["state"] == "completed"
 
 
+def test_a_connection_is_bound_to_the_origin_that_made_it(stack: Stack) -> None:
+    """Another app (its own origin and token) cannot print with a connectionId it saw."""
+    app = app_for(stack)
+    sid = service_id(app)
+    conn = app.request("POST", "printer3d/connect", serviceId=sid,
+                       contentId=stack.info["sampleContentId"], contentsKey=stack.info["contentsKey"])
+    other = GotapiClient(stack.info["gotapi"], origin="http://127.0.0.1:8080", timeout=60)
+    other.authorize("another app", SCOPES)
+    with pytest.raises(GotapiError) as refused:
+        other.request("POST", "printer3d/print", serviceId=sid, connectionId=conn["connectionId"])
+    assert refused.value.code == 1110
+
+
 def test_unknown_service_is_error_6(stack: Stack) -> None:
     app = app_for(stack)
     with pytest.raises(GotapiError) as err:
