@@ -388,9 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         "printer plug-in, a contents server that issues sealed print tokens, and a printer that "
         "redeems them, slices and streams G-code."))
     parser.add_argument("--version", action="version", version=f"gotapi-3dp {__version__}")
-    parser.add_argument("--config", help="TOML configuration file (default: embedded defaults)")
-    parser.add_argument("--data-dir", help="keys, databases and caches (default: ~/.local/share/gotapi-3dp)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_global_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("up", help="start and supervise all four processes; Ctrl-C stops them")
@@ -525,7 +523,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--printer-url", help="default: printer.host/port")
     p.add_argument("--printer-key", help="default: <data-dir>/printer/api.key")
     p.set_defaults(func=cmd_job_resume)
+    _global_options_after_commands(parser)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("--config", default=default,
+                        help="TOML configuration file (default: embedded defaults)")
+    parser.add_argument("--data-dir", default=default,
+                        help="keys, databases and caches (default: ~/.local/share/gotapi-3dp)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        default=False if default is None else default,
+                        help="debug logging")
+
+
+def _global_options_after_commands(parser: argparse.ArgumentParser) -> None:
+    """Accept --config, --data-dir and -v after the command too (`up --data-dir D`), and
+    list them in every command's --help; given there, they win over the same before it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in set(action.choices.values()):
+                _add_global_options(command, argparse.SUPPRESS)
+                _global_options_after_commands(command)
 
 
 def _operator_errors() -> tuple[type[BaseException], ...]:

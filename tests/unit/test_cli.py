@@ -137,3 +137,17 @@ def test_firmware_serve_on_tcp_streams_through_a_socket_url(tmp_path: Path) -> N
     executed = [line.split(" ", 1)[1].rsplit("*", 1)[0] for line in log.read_text().splitlines()
                 if not any(own in line for own in ("M110", "M155", "M105"))]
     assert executed == ["G28"] + [f"G1 X{i} Y{i} F3000" for i in range(100)]
+
+
+def test_global_options_work_after_the_command_too(tmp_path: Path) -> None:
+    """Review: `gotapi-3dp up --data-dir D` was a usage error, and `up --help` listed none."""
+    assert "--data-dir" in run("up", "--help").stdout
+    after = run("bus", "key", "--data-dir", str(tmp_path))
+    assert after.returncode == 0, after.stderr
+    assert (tmp_path / "gotapi" / "bus" / "server.key").exists()
+    before = run("--data-dir", str(tmp_path), "bus", "key")
+    assert before.stdout == after.stdout            # the same key: the same data dir
+    other = tmp_path / "other"
+    winner = run("--data-dir", str(tmp_path), "bus", "key", "--data-dir", str(other))
+    assert winner.returncode == 0 and winner.stdout != after.stdout   # the later one wins
+    assert (other / "gotapi" / "bus" / "server.key").exists()
