@@ -7,6 +7,7 @@ from typing import Any
 from flask import current_app, g
 
 from gotapi3dp.config import GotapiConfig
+from gotapi3dp.wire.errors import ErrorCode, P3DError
 
 from .auth import AuthStore
 from .events import EventHub
@@ -33,5 +34,13 @@ def authorized_params(profile: str | None) -> dict[str, Any]:
     """This request's parameters once its accessToken is valid for the origin (and
     `profile`, if given: the scope check)."""
     params = request_params()
-    state().auth.check(optional_str(params, "accessToken"), g.origin, profile)
+    try:
+        state().auth.check(optional_str(params, "accessToken"), g.origin, profile)
+    except P3DError as exc:
+        # As Device Connect, a profile outside the token's scope is 14 even when no plug-in
+        # has it; the message tells a mistyped profile from a missing scope.
+        if exc.code == ErrorCode.SCOPE and profile and not state().services.supported(profile):
+            raise P3DError(ErrorCode.SCOPE, f"{exc.message} No plug-in supports the "
+                           f"profile {profile!r} either (GET /gotapi/system lists them).") from None
+        raise
     return params

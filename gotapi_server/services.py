@@ -63,6 +63,11 @@ class ServiceDirectory:
     def plugin(self, plugin_id: str) -> PluginLike | None:
         return next((p for p in self.bus.plugins() if p.id == plugin_id), None)
 
+    def supported(self, profile: str) -> bool:
+        """Whether a plug-in the bus knows (online or not) supports `profile`."""
+        profile = profile.lower()
+        return any(profile == name.lower() for p in self.bus.plugins() for name in p.profiles)
+
     def discover_plugin(self, plugin: PluginLike, origin: str | None) -> list[dict[str, Any]]:
         """Ask one plug-in; cache and return its services (local ids). Raises P3DError."""
         intent = Intent(Action.GET, profile=DISCOVERY_PROFILE, attribute=DISCOVERY_ATTRIBUTE,

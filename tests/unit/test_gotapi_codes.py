@@ -187,6 +187,17 @@ def test_14_out_of_scope(tmp_path: Path) -> None:
                        serviceId=SERVICE)) == 14
 
 
+def test_14_for_a_profile_no_plugin_has_says_so(tmp_path: Path) -> None:
+    """Review: a mistyped profile read as a scope problem. The code stays 14 (Device
+    Connect checks the scope first); the message names the other cause."""
+    client, token, _ = _app(tmp_path)
+    typo = _call(client, "GET", "/gotapi/printer3dd/status", token, serviceId=SERVICE)
+    assert typo["errorCode"] == 14 and "No plug-in supports the profile 'printer3dd'" in typo["errorMessage"]
+    scoped = get_token(client, "serviceDiscovery")
+    known = _call(client, "GET", "/gotapi/printer3d/status", scoped, serviceId=SERVICE)
+    assert known["errorCode"] == 14 and "No plug-in" not in known["errorMessage"]
+
+
 def test_15_unknown_client_id(tmp_path: Path) -> None:
     client, _, _ = _app(tmp_path)
     assert _code(_call(client, "GET", "/gotapi/authorization/accessToken", clientId="nope",
