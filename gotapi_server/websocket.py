@@ -3,10 +3,13 @@
 The app's first message is `{"accessToken": "..."}`; the answer is `{"result": 0}` or
 `{"result": 1, "errorCode", "errorMessage"}` with Device Connect's WebSocket codes, after
 which the socket closes: 1 no accessToken, 2 no (or a disallowed) origin, 3 the token is not
-valid for this origin, 4 this origin already has a socket, 5 the message is not JSON.
-Then the socket carries the origin's events, one JSON text each. The server pings every
-KEEPALIVE seconds and drops a peer that does not answer; a closed socket unregisters the
-origin's events and the plug-ins are told (`EventHub.close`).
+valid for this origin (or not a string; the message says when it has expired), 4 this origin
+already has a socket, 5 the message is not JSON.
+Then the socket carries the origin's events, one JSON text each, while its token stays
+valid: it is checked again every TOKEN_RECHECK seconds, and once it has expired or was
+revoked the socket gets that error (12, 11) as its last message and closes. The server pings
+every KEEPALIVE seconds and drops a peer that does not answer; a closed socket unregisters
+the origin's events and the plug-ins are told (`EventHub.close`).
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import logging
 import queue
 import re
 import threading
-from typing import Any
+import time
+from typing import Any, Callable
 
 from flask import Flask, Response, request
 from flask_sock import ConnectionClosed, Sock
@@ -36,6 +40,7 @@ HANDSHAKE_TIMEOUT = 10.0   # the first message must come within this
 MAX_MESSAGE = 64 * 1024
 _WS_KEY = re.compile(r"^[A-Za-z0-9+/]{22}==$")   # 16 bytes, base64
 SEND_POLL = 5.0            # the sender's own look at the socket (the watcher wakes it first)
+TOKEN_RECHECK = 5.0        # seconds between checks that the socket's token is still valid
 
 NO_TOKEN, NO_ORIGIN, BAD_TOKEN, ALREADY_CONNECTED, UNPARSABLE = 1, 2, 3, 4, 5
 _MESSAGES = {NO_TOKEN: "accessToken is not specified.",
@@ -46,8 +51,8 @@ _MESSAGES = {NO_TOKEN: "accessToken is not specified.",
 
 
 class Refused(Exception):
-    def __init__(self, code: int) -> None:
-        super().__init__(_MESSAGES[code])
+    def __init__(self, code: int, message: str | None = None) -> None:
+        super().__init__(message or _MESSAGES[code])
         self.code = code
 
 
@@ -55,8 +60,8 @@ def _send_json(ws: Any, body: dict[str, Any]) -> None:
     ws.send(json.dumps(body, separators=(",", ":")))
 
 
-def handshake(raw: Any, origin: str | None, auth: AuthStore) -> None:
-    """Check the first message (None: none came in time); raise Refused(code)."""
+def handshake(raw: Any, origin: str | None, auth: AuthStore) -> str:
+    """Check the first message (None: none came in time): its access token, or Refused."""
     if raw is None:
         raise Refused(NO_TOKEN)
     try:
@@ -66,14 +71,19 @@ def handshake(raw: Any, origin: str | None, auth: AuthStore) -> None:
     if not isinstance(message, dict):
         raise Refused(UNPARSABLE)
     token = message.get("accessToken")
-    if not isinstance(token, str) or not token:
+    if token is None or token == "":
         raise Refused(NO_TOKEN)
+    if not isinstance(token, str):
+        raise Refused(BAD_TOKEN)
     if origin is None:
         raise Refused(NO_ORIGIN)
     try:
         auth.check(token, origin, None)
-    except P3DError:
+    except P3DError as exc:
+        if exc.code == ErrorCode.EXPIRED_ACCESS_TOKEN:   # same code, as Device Connect's
+            raise Refused(BAD_TOKEN, "accessToken has expired; authorize again.") from None
         raise Refused(BAD_TOKEN) from None
+    return token
 
 
 def upgrade_refusal(environ: dict[str, Any]) -> Response | None:
@@ -96,11 +106,22 @@ def upgrade_refusal(environ: dict[str, Any]) -> Response | None:
     return None
 
 
-def _pump(ws: Any, outbox: "queue.Queue[str | None]") -> None:
-    """Send queued events until the socket closes or the hub says stop."""
+def _pump(ws: Any, outbox: "queue.Queue[str | None]", still_valid: Callable[[], None]) -> None:
+    """Send queued events until the socket closes, the hub says stop, or `still_valid`
+    raises (the token expired or was revoked: that error is the last message)."""
+    recheck_at = time.monotonic() + TOKEN_RECHECK
     while ws.connected:
+        if time.monotonic() >= recheck_at:
+            recheck_at = time.monotonic() + TOKEN_RECHECK
+            try:
+                still_valid()
+            except P3DError as exc:
+                _send_json(ws, {"result": 1, "errorCode": int(exc.code),
+                                "errorMessage": exc.message})
+                ws.close(reason=1008, message=exc.message[:100])
+                return
         try:
-            text = outbox.get(timeout=SEND_POLL)
+            text = outbox.get(timeout=min(SEND_POLL, TOKEN_RECHECK))
         except queue.Empty:
             continue
         if text is None:
@@ -142,7 +163,7 @@ def init_app(app: Flask, config: GotapiConfig, auth: AuthStore, hub: EventHub) -
         except P3DError:
             origin = None
         try:
-            handshake(ws.receive(timeout=HANDSHAKE_TIMEOUT), origin, auth)
+            token = handshake(ws.receive(timeout=HANDSHAKE_TIMEOUT), origin, auth)
             session = hub.open(origin or "")
             if session is None:
                 raise Refused(ALREADY_CONNECTED)
@@ -154,7 +175,7 @@ def init_app(app: Flask, config: GotapiConfig, auth: AuthStore, hub: EventHub) -
         try:
             _send_json(ws, {"result": 0})
             _watch(ws, session)
-            _pump(ws, session.outbox)
+            _pump(ws, session.outbox, lambda: auth.check(token, session.origin, None))
         finally:
             hub.close(session)
             log.info("websocket closed for %s", session.origin)

@@ -28,7 +28,7 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def write_config(path: Path, request_timeout: float = 20.0) -> dict[str, int]:
+def write_config(path: Path, request_timeout: float = 20.0, gotapi_extra: str = "") -> dict[str, int]:
     gotapi, bus, tap, contents, printer = free_ports(5)
     path.write_text(f"""
 [gotapi]
@@ -36,6 +36,7 @@ port = {gotapi}
 bus_endpoint = "tcp://127.0.0.1:{bus}"
 tap_endpoint = "tcp://127.0.0.1:{tap}"
 request_timeout = {request_timeout}
+{gotapi_extra}
 
 [plugin_host]
 bus_endpoint = "tcp://127.0.0.1:{bus}"
@@ -53,11 +54,11 @@ port = {printer}
 class Stack:
     """A running `gotapi-3dp up` and what its up.json says."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, gotapi_extra: str = "") -> None:
         self.root = root
         self.data_dir = root / "data"
         self.config_path = root / "config.toml"
-        self.ports = write_config(self.config_path)
+        self.ports = write_config(self.config_path, gotapi_extra=gotapi_extra)
         self.log_path = root / "up.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
@@ -103,9 +104,10 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(root: Path, extra_config: str = "") -> Iterator[Stack]:
-    """A started stack, stopped at the end with exit code 0 and no process left behind."""
-    s = Stack(root)
+def running_stack(root: Path, extra_config: str = "", gotapi_extra: str = "") -> Iterator[Stack]:
+    """A started stack, stopped at the end with exit code 0 and no process left behind.
+    `extra_config`: TOML appended to the config; `gotapi_extra`: lines of its [gotapi]."""
+    s = Stack(root, gotapi_extra)
     if extra_config:
         with open(s.config_path, "a") as fh:
             fh.write("\n" + extra_config)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -225,3 +226,26 @@ def test_closed_socket_unregisters_and_the_plugin_is_told(stack: Stack) -> None:
     notices = [json.loads(line) for line in out.splitlines()
                if "EVENT_TRANSMIT_DISCONNECT" in line]
     assert any(n["intent"]["origin"] == origin for n in notices), out[-2000:]
+
+
+def test_a_socket_closes_with_12_when_its_token_expires(tmp_path: Path) -> None:
+    """Review: the socket of an expired token kept streaming and held the origin's one
+    slot. Now it gets 12 as its last message and closes; a fresh token opens a new one."""
+    from .conftest import running_stack
+    origin = "http://localhost:5120"
+    with running_stack(tmp_path, gotapi_extra="token_lifetime = 3") as short:
+        app = app_at(short, origin)
+        ws, answer = open_socket(short, origin, json.dumps({"accessToken": app.access_token}))
+        assert answer == {"result": 0}
+        listener = Listener(ws)
+        last = listener.events.get(timeout=30)        # within lifetime + TOKEN_RECHECK
+        assert last["result"] == 1 and last["errorCode"] == 12, last
+        deadline = time.monotonic() + 10
+        while ws.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not ws.connected
+        again = app_at(short, origin)
+        ws2, answer2 = open_socket(short, origin, json.dumps({"accessToken": again.access_token}))
+        close(ws2)
+        assert answer2 == {"result": 0}
+        close(ws)

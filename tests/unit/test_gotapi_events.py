@@ -83,7 +83,8 @@ def test_unregister_stops_events() -> None:
 @pytest.mark.parametrize("raw,origin,code", [
     (None, ORIGIN, NO_TOKEN), ('{"x": 1}', ORIGIN, NO_TOKEN), ("{", ORIGIN, UNPARSABLE),
     ('[1]', ORIGIN, UNPARSABLE), ('{"accessToken": "t"}', None, NO_ORIGIN),
-    ('{"accessToken": "forged"}', ORIGIN, BAD_TOKEN),
+    ('{"accessToken": "forged"}', ORIGIN, BAD_TOKEN), ('{"accessToken": null}', ORIGIN, NO_TOKEN),
+    ('{"accessToken": 5}', ORIGIN, BAD_TOKEN),   # review: was 1, "not specified"
 ])
 def test_websocket_handshake_codes(tmp_path: Path, raw: Any, origin: str | None,
                                    code: int) -> None:
@@ -350,3 +351,54 @@ def test_a_deeply_nested_handshake_message_is_unparsable(tmp_path: Path) -> None
     with pytest.raises(Refused) as refused:
         handshake("[" * 30000 + "]" * 30000, ORIGIN, app.extensions["gotapi"].auth)
     assert refused.value.code == UNPARSABLE
+
+
+def test_an_expired_token_is_3_with_a_message_that_says_so(tmp_path: Path) -> None:
+    app = make_app(tmp_path, bus=printer_bus())
+    auth = app.extensions["gotapi"].auth
+    token = get_token(app.test_client())
+    auth.clock = lambda: time.time() + 10 ** 9
+    with pytest.raises(Refused) as err:
+        handshake(json.dumps({"accessToken": token}), ORIGIN, auth)
+    assert err.value.code == BAD_TOKEN and "expired" in str(err.value)
+
+
+class _Socket:
+    """What `_pump` uses of a flask-sock socket."""
+
+    def __init__(self) -> None:
+        self.connected, self.sent, self.closed = True, [], None
+
+    def send(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    def close(self, reason: int, message: str) -> None:
+        self.connected, self.closed = False, (reason, message)
+
+
+def test_a_socket_closes_with_12_once_its_token_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: a socket kept streaming events after its token expired (and held the
+    origin's one slot, so a fresh token could not open another)."""
+    import queue
+    import threading
+
+    from gotapi3dp.wire.errors import ErrorCode, P3DError
+    from gotapi_server import websocket as wsmod
+    monkeypatch.setattr(wsmod, "TOKEN_RECHECK", 0.05)
+    expired = threading.Event()
+
+    def still_valid() -> None:
+        if expired.is_set():
+            raise P3DError(ErrorCode.EXPIRED_ACCESS_TOKEN)
+    ws, outbox = _Socket(), queue.Queue()
+    outbox.put('{"n": 1}')
+    pump = threading.Thread(target=wsmod._pump, args=(ws, outbox, still_valid))
+    pump.start()
+    time.sleep(0.2)                       # several checks pass while the token is valid
+    assert ws.sent == [{"n": 1}] and ws.connected
+    expired.set()
+    outbox.put('{"n": 2}')
+    pump.join(5)
+    assert not pump.is_alive()
+    assert ws.sent[-1] == {"result": 1, "errorCode": 12, "errorMessage": "Access token expired."}
+    assert ws.closed == (1008, "Access token expired.")
