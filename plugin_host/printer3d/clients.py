@@ -36,8 +36,11 @@ class PrinterClient:
         self._http = requests.Session()
 
     def _call(self, method: str, path: str, json: Any = None, timeout: float | None = None) -> dict[str, Any]:
+        """One call; `timeout` (a call the printer answers at once) may shorten the configured
+        HTTP timeout, never lengthen it."""
+        limit = min(timeout, self._timeout) if timeout else self._timeout
         return call(self._http, method, f"{self._base}{path}", json=json, headers=self._headers,
-                    unavailable=ErrorCode.PRINTER_UNAVAILABLE, timeout=timeout or self._timeout)
+                    unavailable=ErrorCode.PRINTER_UNAVAILABLE, timeout=limit)
 
     def identity(self, timeout: float) -> dict[str, Any]:
         return self._call("GET", "/api/identity", timeout=timeout)
@@ -45,17 +48,22 @@ class PrinterClient:
     def submit(self, token: str) -> dict[str, Any]:
         return self._call("POST", "/api/jobs", json={"token": token})["job"]
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/api/jobs/{quote(job_id, safe='')}")["job"]
+    def job(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        return self._call("GET", f"/api/jobs/{quote(job_id, safe='')}",
+                          timeout=timeout)["job"]
 
     def cancel(self, job_id: str) -> dict[str, Any]:
+        """Keeps the configured timeout: for the running job the printer answers only once its
+        worker has stopped it (up to its CANCEL_WAIT, 20 s)."""
         return self._call("DELETE", f"/api/jobs/{quote(job_id, safe='')}")["job"]
 
-    def pause(self, job_id: str) -> dict[str, Any]:
-        return self._call("PUT", f"/api/jobs/{quote(job_id, safe='')}/pause")["job"]
+    def pause(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        return self._call("PUT", f"/api/jobs/{quote(job_id, safe='')}/pause",
+                          timeout=timeout)["job"]
 
-    def resume(self, job_id: str) -> dict[str, Any]:
-        return self._call("PUT", f"/api/jobs/{quote(job_id, safe='')}/resume")["job"]
+    def resume(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        return self._call("PUT", f"/api/jobs/{quote(job_id, safe='')}/resume",
+                          timeout=timeout)["job"]
 
     def status(self, timeout: float | None = None) -> dict[str, Any]:
         return self._call("GET", "/api/status", timeout=timeout)

@@ -12,9 +12,10 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from gotapi3dp import __version__
 from gotapi3dp.config import Config, PrinterEntry
@@ -43,6 +44,19 @@ STATUS_STALE_MAX = 3.0  # while one refresh is in flight, others get the cache u
 # (api_events.KEEPALIVE), so only a printer that stopped talking lets it age past this.
 PUSHED_MAX_AGE = 5.0
 STATUS_TIMEOUT = 3.0  # s to wait for a printer's status: a cheap query, a hung printer is 16
+JOB_TIMEOUT = 3.0     # s for `GET job`: one row read, as cheap as status, so the same bound
+# s for pause/resume: the printer commits the new state and answers (no waiting on the worker);
+# a little more than a read for the write. (Cancel and print keep the configured HTTP timeout:
+# the printer answers cancel once its worker has stopped the job, print once it redeemed.)
+CONTROL_TIMEOUT = 5.0
+# Calls in flight to one printer. The host answers on WORKERS (16) threads; a hung printer
+# holds at most this many of them for a timeout, so other printers and calls keep the rest.
+PRINTER_CALLS = 4
+# s a call waits for one of those slots: a healthy printer answers in milliseconds, so a
+# dashboard's burst of parallel polls drains through 4 slots well within it; a hung one holds
+# its slots for a timeout (3 s or more), so a call that cannot get one gives up (16) at once
+# instead of holding yet another host thread.
+SLOT_WAIT = 0.5
 _JOB_KEYS = ("id", "state", "progress", "layer", "layers", "sliced", "error", "contentId",
              "createdAt", "updatedAt")
 
@@ -73,6 +87,7 @@ class Printer3DPlugin(Plugin):
                                [PROFILE, "serviceInformation"], {PROFILE: self._spec})
         self._printers = {p.service_id: p for p in printers}
         self._clients = {p.service_id: PrinterClient(p.url, p.api_key, http_timeout) for p in printers}
+        self._slots = {p.service_id: threading.BoundedSemaphore(PRINTER_CALLS) for p in printers}
         self._contents = contents
         self._connections = connections
         self._lock = threading.Lock()  # guards the seven collections below
@@ -151,29 +166,38 @@ class Printer3DPlugin(Plugin):
         """Printing Command (steps 7-12): hand the sealed token to the printer."""
         conn = self._connections.get(_param(intent, "connectionId"), printer.service_id,
                                      intent.origin or "")
-        client = self._clients[printer.service_id]
-        if conn.job_id is None and conn.expires_at + CLOCK_SKEW <= time.time():
-            # (past the printer's own clock-skew allowance too, so the two never disagree)
-            if not _printer_knows(client, conn.token):
-                raise P3DError(ErrorCode.CONNECTION_EXPIRED,
-                               "the connection's secure token has expired; connect again")
-        job = client.submit(conn.token)
+        with self._calling(printer) as client:
+            if conn.job_id is None and conn.expires_at + CLOCK_SKEW <= time.time():
+                # (past the printer's own clock-skew allowance too, so the two never disagree)
+                if not _printer_knows(client, conn.token):
+                    raise P3DError(ErrorCode.CONNECTION_EXPIRED,
+                                   "the connection's secure token has expired; connect again")
+            job = client.submit(conn.token)
         self._connections.set_job(conn.id, job["id"])
         return {"jobId": job["id"]}
 
     def job(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
-        return {"job": _app_job(self._clients[printer.service_id].job(_param(intent, "jobId")))}
+        """A read: a printer that has not answered within JOB_TIMEOUT is 16, as for status."""
+        job_id = _param(intent, "jobId")
+        with self._calling(printer) as client:
+            return {"job": _app_job(client.job(job_id, timeout=JOB_TIMEOUT))}
 
     def cancel(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
-        self._clients[printer.service_id].cancel(_param(intent, "jobId"))
+        job_id = _param(intent, "jobId")
+        with self._calling(printer) as client:
+            client.cancel(job_id)
         return {}
 
     def pause(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
-        self._clients[printer.service_id].pause(_param(intent, "jobId"))
+        job_id = _param(intent, "jobId")
+        with self._calling(printer) as client:
+            client.pause(job_id, timeout=CONTROL_TIMEOUT)
         return {}
 
     def resume(self, printer: PrinterEntry, intent: Intent) -> dict[str, Any]:
-        self._clients[printer.service_id].resume(_param(intent, "jobId"))
+        job_id = _param(intent, "jobId")
+        with self._calling(printer) as client:
+            client.resume(job_id, timeout=CONTROL_TIMEOUT)
         return {}
 
     def answer_now(self, intent: Intent) -> Intent | None:
@@ -197,7 +221,8 @@ class Printer3DPlugin(Plugin):
         with self._lock:
             generation = self._generation.get(sid, 0)
         try:
-            answer = _status_answer(self._clients[sid].status(timeout=STATUS_TIMEOUT))
+            with self._calling(printer) as client:
+                answer = _status_answer(client.status(timeout=STATUS_TIMEOUT))
         finally:
             with self._lock:
                 self._refreshing.discard(sid)
@@ -279,6 +304,24 @@ class Printer3DPlugin(Plugin):
                              params={"job": view}))
 
     # -- helpers -----------------------------------------------------------------------
+    @contextmanager
+    def _calling(self, printer: PrinterEntry) -> Iterator[PrinterClient]:
+        """The printer's client, holding one of its PRINTER_CALLS slots for the call.
+
+        Without the bound, calls to one hung printer each held a host worker thread until
+        their timeout, so every other printer and call waited behind them. A call that gets
+        no slot within SLOT_WAIT answers 16 at once: the ones holding them are still waiting."""
+        sid = printer.service_id
+        slots = self._slots[sid]
+        if not slots.acquire(timeout=SLOT_WAIT):
+            raise P3DError(ErrorCode.ILLEGAL_DEVICE_STATE,
+                           f"printer {sid} is not answering: {PRINTER_CALLS} calls to it are "
+                           "already waiting; try again later")
+        try:
+            yield self._clients[sid]
+        finally:
+            slots.release()
+
     def _printer(self, service_id: str | None) -> PrinterEntry:
         if not service_id:
             raise P3DError(ErrorCode.EMPTY_SERVICE_ID)
