@@ -11,13 +11,15 @@ Files, in ZeroMQ's certificate format (`zmq.auth`), under `<data-dir>`:
 - `gotapi/bus/server.key` (public) and `server.key_secret`: the server's pair. A plug-in
   host must know the public half: `[plugin_host] bus_server_key`, or this file when the host
   shares the server's data dir.
-- `gotapi/bus/clients/*.key`: the allow-list, one public key per plug-in host, read again
-  whenever an unknown key knocks (adding a host needs no restart).
+- `gotapi/bus/clients/*.key`: the hosts' allow-list, one public key per plug-in host, read
+  again at every handshake (adding a host needs no restart). A key speaks only as the name
+  of its file (`<host id>.key`).
+- `gotapi/bus/taps/*.key`: the taps' allow-list, for the tap endpoint only. A tap's key is a
+  monitoring credential: it cannot register plug-ins on the bus, and a host's key cannot tap.
 - `plugin_host/bus/client.key` and `client.key_secret`: a host's pair; `tap/bus/...`, the
-  pair of `bus tap` (the tap endpoint admits the same allow-list). A client that shares the
-  server's data dir adds its own public key to the allow-list (`client_keys`); for one on
-  another machine, `gotapi-3dp bus admit HOST_ID client.key` on the server. A key speaks
-  only as the name of its file (`<host id>.key`).
+  pair of `bus tap`. A client that shares the server's data dir adds its own public key to
+  its allow-list (`client_keys`); for one on another machine, `gotapi-3dp bus admit HOST_ID
+  client.key` (a host) or `bus admit --tap NAME client.key` (a tap) on the server.
 A pair is created once, atomically, by whichever process needs it first; secret files are
 0600 in 0700 directories.
 """
@@ -98,7 +100,13 @@ def server_dir(gotapi_dir: Path) -> Path:
 
 
 def clients_dir(gotapi_dir: Path) -> Path:
+    """The plug-in hosts' allow-list."""
     return server_dir(gotapi_dir) / "clients"
+
+
+def taps_dir(gotapi_dir: Path) -> Path:
+    """The taps' allow-list (the tap endpoint's, not the bus's)."""
+    return server_dir(gotapi_dir) / "taps"
 
 
 def read_public(path: Path) -> bytes:
@@ -176,14 +184,28 @@ class ClientKeys:
         return read_public(self.server_key_file)
 
 
-def client_keys(data_dir: Path, own_dir: Path, name: str, server_key: str) -> ClientKeys:
-    """The keys of a bus client (a plug-in host, a tap) whose pair lives in `own_dir`. With
-    `server_key` (text) the server is elsewhere and manages its allow-list; without, it is
-    taken to share `data_dir`: its public key is read from there, and this client's key is
-    put in its allow-list as `name`."""
+def client_keys(data_dir: Path, own_dir: Path, name: str, server_key: str,
+                tap: bool = False) -> ClientKeys:
+    """The keys of a bus client (a plug-in host, or a tap if `tap`) whose pair lives in
+    `own_dir`. With `server_key` (text) the server is elsewhere and manages its allow-lists;
+    without, it is taken to share `data_dir`: its public key is read from there, and this
+    client's key is put in the hosts' or the taps' allow-list as `name`."""
     pair = load_or_create_pair(own_dir, CLIENT_NAME)
     if server_key:
         return ClientKeys(pair, server_key=check_public(server_key))
     gotapi_dir = data_dir / "gotapi"
-    admit(clients_dir(gotapi_dir), name, own_dir / f"{CLIENT_NAME}.key")
+    admit((taps_dir if tap else clients_dir)(gotapi_dir), name, own_dir / f"{CLIENT_NAME}.key")
+    if tap:
+        _forget_host_key(clients_dir(gotapi_dir) / f"{name}.key", pair.public)
     return ClientKeys(pair, server_key_file=server_dir(gotapi_dir) / f"{SERVER_NAME}.key")
+
+
+def _forget_host_key(path: Path, public: bytes) -> None:
+    """Remove `path` from the hosts' allow-list if it holds `public`: before the taps had an
+    allow-list of their own, `bus tap` admitted itself among the hosts, which let its key
+    register plug-ins."""
+    try:
+        if read_public(path) == public:
+            path.unlink()
+    except (OSError, ValueError):
+        pass

@@ -65,11 +65,19 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 def cmd_bus_tap(args: argparse.Namespace, config: Config) -> int:
     from gotapi_server.tap import tap
     endpoint = args.endpoint or config.gotapi.tap_endpoint
-    curve, note = _tap_curve(args, config)
+    keys = _tap_keys(args, config)
+    curve = None
+    if keys is not None and args.endpoint and not _has_server_key(keys):
+        # another bus than this data dir's, and no --server-key: it may run without CURVE
+        print("no bus server key in this data dir: tapping without CurveZMQ (for a bus that "
+              "uses it, give --server-key, what `gotapi-3dp bus key` prints)", file=sys.stderr)
+    elif keys is not None:
+        try:
+            curve = (_wait_for_server_key(keys), keys.pair)
+        except KeyboardInterrupt:
+            return EXIT_OK
 
     def banner() -> None:
-        if note is not None:
-            print(note, file=sys.stderr)
         if not args.json:
             print(f"tapping {endpoint} (Ctrl-C to stop)", file=sys.stderr)
     try:
@@ -81,23 +89,43 @@ def cmd_bus_tap(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def _tap_curve(args: argparse.Namespace, config: Config) -> tuple[Any, str | None]:
-    """(server public key, this tap's pair) when the bus runs CurveZMQ, else None; and a
-    notice for the operator, if any. The tap's pair lives in <data-dir>/tap/bus; without
-    --server-key the server is taken to share the data dir: its key is read there and the
-    tap admits itself as `tap`. No key there: the tap goes without CurveZMQ, and says so."""
+def _tap_keys(args: argparse.Namespace, config: Config) -> Any:
+    """The tap's CurveZMQ keys (`buskeys.ClientKeys`) when the bus runs CurveZMQ, else None.
+    The tap's pair lives in <data-dir>/tap/bus; without --server-key the server is taken to
+    share the data dir: its key is read there and the tap admits itself as `tap` in the
+    taps' allow-list."""
     if config.gotapi.bus_security == "none":
-        return None, None
+        return None
     from .buskeys import client_keys
     try:
-        keys = client_keys(Path(config.data_dir), config.dir_for("tap") / "bus", "tap",
-                           args.server_key or "")
-        return (keys.server_public(), keys.pair), None
-    except FileNotFoundError:
-        return None, ("no bus server key in this data dir: tapping without CurveZMQ (for a "
-                      "bus that uses it, give --server-key, what `gotapi-3dp bus key` prints)")
+        return client_keys(Path(config.data_dir), config.dir_for("tap") / "bus", "tap",
+                           args.server_key or "", tap=True)
     except ValueError as exc:
         raise ConfigError(f"--server-key: {exc}") from None
+
+
+def _has_server_key(keys: Any) -> bool:
+    return bool(keys.server_key) or (keys.server_key_file is not None
+                                     and keys.server_key_file.exists())
+
+
+def _wait_for_server_key(keys: Any, poll: float = 0.5) -> bytes:
+    """The bus server's public key; while its file is missing (a tap started before the
+    server made its key), wait for it, saying so once."""
+    said = False
+    while True:
+        try:
+            return bytes(keys.server_public())
+        except FileNotFoundError:
+            if not said:
+                print(f"waiting for the bus server's key ({keys.server_key_file}): is "
+                      "`gotapi-3dp up` running on this data dir? For a bus elsewhere give "
+                      "--server-key (what `gotapi-3dp bus key` prints there)",
+                      file=sys.stderr, flush=True)
+                said = True
+        except ValueError as exc:
+            raise ConfigError(f"bus server key: {exc}") from None
+        time.sleep(poll)
 
 
 def cmd_bus_key(args: argparse.Namespace, config: Config) -> int:
@@ -109,20 +137,22 @@ def cmd_bus_key(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_bus_admit(args: argparse.Namespace, config: Config) -> int:
-    """Put a plug-in host's public key file in the bus's allow-list under its host id."""
-    from .buskeys import admit, clients_dir, read_public
+    """Put a plug-in host's public key file in the bus's allow-list under its host id, or
+    with --tap a tap's in the tap endpoint's allow-list."""
+    from .buskeys import admit, clients_dir, read_public, taps_dir
     from .wire.busproto import HOST_ID_RE
     if not HOST_ID_RE.fullmatch(args.host_id):
-        raise ConfigError(f"host id {args.host_id!r}: 1-64 of A-Za-z0-9_.- (the host's "
-                          f"[plugin_host] host_id)")
+        what = "tap name" if args.tap else "host id"
+        hint = "" if args.tap else " (the host's [plugin_host] host_id)"
+        raise ConfigError(f"{what} {args.host_id!r}: 1-64 of A-Za-z0-9_.-{hint}")
     key_file = Path(args.key_file)
     try:
         key = read_public(key_file)
     except ValueError as exc:
         raise ConfigError(f"{key_file}: not a CURVE public key file ({exc})") from None
-    target = clients_dir(config.dir_for("gotapi"))
+    target = (taps_dir if args.tap else clients_dir)(config.dir_for("gotapi"))
     admit(target, args.host_id, key_file)
-    print(f"admitted {args.host_id} (key {key.decode()}) in {target}")
+    print(f"admitted {'tap ' if args.tap else ''}{args.host_id} (key {key.decode()}) in {target}")
     return EXIT_OK
 
 
@@ -416,9 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "bus_server_key)")
     p.set_defaults(func=cmd_bus_key)
     p = bus.add_parser("admit", help="allow a plug-in host's key on the bus (its "
-                       "plugin_host/bus/client.key), under its host id")
-    p.add_argument("host_id", help="the host's [plugin_host] host_id")
-    p.add_argument("key_file", help="the host's public key file (client.key)")
+                       "plugin_host/bus/client.key), under its host id; with --tap, a tap's "
+                       "key (its tap/bus/client.key) on the tap endpoint")
+    p.add_argument("host_id", metavar="HOST_ID", help="the host's [plugin_host] host_id "
+                   "(with --tap: a name for the tap)")
+    p.add_argument("key_file", help="the public key file (client.key)")
+    p.add_argument("--tap", action="store_true", help="admit a `bus tap` (it can read the "
+                   "redacted traffic, never register plug-ins)")
     p.set_defaults(func=cmd_bus_admit)
 
     p = sub.add_parser("slice", help="slice a model (STL, OBJ, 3MF) to G-code")

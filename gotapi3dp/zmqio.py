@@ -32,30 +32,45 @@ def send_frames(sock: "zmq.Socket[Any]", frames: Sequence[bytes], flags: int = 0
         _send(sock, frame, flags | _SNDMORE if i < last else flags)
 
 
-def recv_frames(sock: "zmq.Socket[Any]", flags: int = 0) -> list[bytes]:
-    """Receive one whole message; zmq.Again (with NOBLOCK) when none is waiting."""
-    frame = _recv(sock, flags, False)
-    frames = [frame.bytes]
-    while frame.more:
-        frame = _recv(sock, flags, False)
-        frames.append(frame.bytes)
-    return frames
+def recv_frames(sock: "zmq.Socket[Any]", flags: int = 0, limit: int = 0) -> list[bytes]:
+    """Receive one whole message; zmq.Again (with NOBLOCK) when none is waiting. With a
+    `limit`, at most that many frames: the rest of a longer message stays in the socket, to
+    be read or thrown away (`discard_frames`) before the next message."""
+    return recv_frames_and_user(sock, flags, limit, user=False)[0]
 
 
-def recv_frames_and_user(sock: "zmq.Socket[Any]",
-                         flags: int = 0) -> tuple[list[bytes], str | None]:
+def recv_frames_and_user(sock: "zmq.Socket[Any]", flags: int = 0, limit: int = 0,
+                         user: bool = True) -> tuple[list[bytes], str | None]:
     """`recv_frames`, and the User-Id the ZAP handler gave the sending connection (None
     without authentication): what ties a message to the key it came in with."""
     frame = _recv(sock, flags, False)
-    try:
-        user: str | None = frame.get("User-Id")
-    except zmq.ZMQError:
-        user = None
+    user_id: str | None = None
+    if user:
+        try:
+            user_id = frame.get("User-Id")
+        except zmq.ZMQError:
+            user_id = None
     frames = [frame.bytes]
-    while frame.more:
+    while frame.more and len(frames) != limit:
         frame = _recv(sock, flags, False)
         frames.append(frame.bytes)
-    return frames, user
+    return frames, user_id
+
+
+def more_frames(sock: "zmq.Socket[Any]") -> bool:
+    """Whether the message being read has frames left (after a `recv_frames` limit)."""
+    return bool(sock.getsockopt(zmq.RCVMORE))
+
+
+def discard_frames(sock: "zmq.Socket[Any]", count: int) -> bool:
+    """Read and drop at most `count` more frames of the message being read (it must have
+    some left: `more_frames`); True if it has more still. A message of millions of frames is
+    thrown away a slice at a time, so the loop reading it serves everything else between
+    slices."""
+    for _ in range(count):
+        if not _recv(sock, NOBLOCK, False).more:
+            return False
+    return True
 
 
 def readable(sock: "zmq.Socket[Any]") -> bool:

@@ -41,7 +41,8 @@ from gotapi3dp.wire.busproto import (COMMAND_NAMES, DISCONNECT, EVENT, HEARTBEAT
                                      host_id_of)
 from gotapi3dp.buskeys import KeyPair, allowed_keys, z85_of
 from gotapi3dp.mailbox import Mailbox
-from gotapi3dp.zmqio import NOBLOCK, readable, recv_frames, recv_frames_and_user, send_frames
+from gotapi3dp.zmqio import (NOBLOCK, discard_frames, more_frames, readable, recv_frames,
+                             recv_frames_and_user, send_frames)
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Action, Intent, IntentError, decode, encode
 
@@ -56,6 +57,8 @@ SEND_TIMEOUT_MS = 100    # ROUTER_MANDATORY + full HWM blocks at most this long
 TAP_HWM = 10_000         # the tap PUB drops beyond this, never blocks the bus
 RECV_BATCH = 256         # messages read per poll before timers and the mailbox get a turn
 RECV_BATCH_BYTES = 4 << 20  # ... or this many bytes, so big frames cannot hold the loop
+MAX_MESSAGE_FRAMES = 8   # ours have 4 (routing id, protocol, command, body); more: junk
+DISCARD_SLICE = 2000     # frames of a junk message thrown away per turn of the loop
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"   # where libzmq asks who may connect (RFC 27)
 ZAP_DOMAIN = b"gotapi-bus"
 TAP_ZAP_DOMAIN = b"gotapi-tap"
@@ -112,12 +115,13 @@ class _Outgoing:
 
 @dataclass(frozen=True)
 class BusAuth:
-    """CURVE on the bus: the server's key pair and the allow-list directory of host keys
-    (`gotapi3dp/buskeys.py`). Without it the bus takes any peer (tests, `bus_security =
-    "none"`)."""
+    """CURVE on the bus: the server's key pair and the allow-list directories of host keys
+    and of tap keys (`gotapi3dp/buskeys.py`). Without it the bus takes any peer (tests,
+    `bus_security = "none"`)."""
 
     pair: KeyPair
     clients_dir: Path
+    taps_dir: Path | None = None     # None: the tap endpoint admits nobody under CURVE
 
 
 class _WarnQuota:
@@ -130,22 +134,27 @@ class _WarnQuota:
         self._total: tuple[float, int] = (0.0, 0)
 
     def allow(self, peer: bytes) -> bool:
+        """Whether to log a warning about `peer`. Only lines that would be logged count
+        against the overall budget: one flooding peer, silenced after its burst, must not
+        use it up and hide what other peers do meanwhile."""
         now = time.monotonic()
-        since, total = self._total
-        if now - since > WARN_WINDOW:
-            since, total = now, 0
-        self._total = (since, total + 1)
-        if total >= WARN_TOTAL:          # the overall budget first: many ids cannot beat it
-            if total == WARN_TOTAL:
-                log.warning("bus: over %d warnings in %.0f s; no more are logged for %.0f s",
-                            WARN_TOTAL, WARN_WINDOW, WARN_WINDOW - (now - since))
-            return False
         start, count = self._seen.pop(peer, (now, 0))
         if now - start > WARN_WINDOW:
             start, count = now, 0
         self._seen[peer] = (start, count + 1)      # most recent last
         while len(self._seen) > 1024:
             self._seen.popitem(last=False)
+        if count > WARN_BURST:
+            return False
+        since, total = self._total
+        if now - since > WARN_WINDOW:
+            since, total = now, 0
+        self._total = (since, total + 1)
+        if total >= WARN_TOTAL:          # many ids, each within its burst, cannot beat it
+            if total == WARN_TOTAL:
+                log.warning("bus: over %d warnings in %.0f s; no more are logged for %.0f s",
+                            WARN_TOTAL, WARN_WINDOW, WARN_WINDOW - (now - since))
+            return False
         if count == WARN_BURST:          # this call's line, from the same budget
             log.warning("bus: further warnings about %r in the next %.0f s are not logged",
                         peer[:64], WARN_WINDOW - (now - start))
@@ -178,6 +187,7 @@ class Bus:
         self._hosts: dict[bytes, _Host] = {}   # by routing id (one per connection)
         self._peers: dict[str, bytes] = {}     # host id -> routing id of its live connection
         self._records: dict[str, PluginRecord] = {}
+        self._discarding = False               # a junk message is being thrown away
         # Keyed by (requestCode, pluginId): one Intent may be fanned out to several plug-ins.
         self._pending: dict[tuple[bytes, str], _Pending] = {}
         self._events: list[Intent] = []    # read, not yet delivered to the callbacks
@@ -466,14 +476,25 @@ class Bus:
         size = 0
         authenticated = self._auth is not None
         for _ in range(RECV_BATCH):
+            if self._discarding:
+                self._discarding = discard_frames(router, DISCARD_SLICE)
+                break
             if not readable(router):
                 return
             user = None
             if authenticated:
-                frames, user = recv_frames_and_user(router, NOBLOCK)
+                frames, user = recv_frames_and_user(router, NOBLOCK, MAX_MESSAGE_FRAMES)
             else:
-                frames = recv_frames(router, NOBLOCK)
+                frames = recv_frames(router, NOBLOCK, MAX_MESSAGE_FRAMES)
             size += sum(len(f) for f in frames)
+            if len(frames) == MAX_MESSAGE_FRAMES and more_frames(router):
+                # libzmq holds a message until its last frame, however many; MAXMSGSIZE
+                # bounds each frame, nothing bounds their number. Thrown away in slices.
+                if self._warn.allow(frames[0]):
+                    log.warning("bus: dropped a message of more than %d frames from %r",
+                                MAX_MESSAGE_FRAMES, frames[0][:64])
+                self._discarding = True
+                break
             if authenticated and (user is None or user.encode() != host_id_of(frames[0])):
                 self._wrong_key(frames[0], user)
             else:
@@ -542,23 +563,47 @@ class Bus:
             # The host is back on a new connection before its old link closed (a vanished
             # machine's link lives until heartbeats end it). Under CURVE only its own key
             # can speak for its id, so the new connection is taken at its word.
+            previous = self._hosts.get(old)
+            heard = time.monotonic() - previous.last_recv if previous else HEARTBEAT_INTERVAL
+            if heard < HEARTBEAT_INTERVAL and self._warn.allow(b"clone:" + host_id_of(peer)):
+                log.error("bus: host %s connected again while its other connection is alive "
+                          "(heard %.1f s ago); if this repeats, two plug-in hosts share that "
+                          "host id and key (a copied data dir?): give each its own",
+                          announce.host_id, heard)
             self._drop_host(old, "reconnected")
         taken = [p.id for p in announce.plugins if p.id in self._records
                  and self._records[p.id].online]
-        if announce.host_id.encode() != host_id_of(peer) or taken:
-            log.error("bus: refused READY from %r (host id %r, plug-ins already online: %s)",
-                      peer[:64], announce.host_id, taken)
+        owned = {p.id: self._records[p.id].host_id for p in announce.plugins
+                 if p.id in self._records and self._records[p.id].host_id != announce.host_id}
+        if announce.host_id.encode() != host_id_of(peer) or taken or owned:
+            if self._warn.allow(peer):
+                log.error("bus: refused READY from %r (host id %r%s%s)", peer[:64],
+                          announce.host_id, f"; plug-ins already online: {taken}" if taken else "",
+                          f"; plug-ins of other hosts: {owned}" if owned else "")
             self._send(peer, DISCONNECT)
             return
         now = time.monotonic()
         self._hosts[peer] = _Host(peer, [p.id for p in announce.plugins], now, now)
         self._peers[announce.host_id] = peer
+        self._forget_plugins(announce.host_id, {p.id for p in announce.plugins})
         for p in announce.plugins:
             self._records[p.id] = PluginRecord(p.id, p.name, p.version, list(p.profiles),
                                                announce.host_id, True, time.time(), p.apis)
         self._publish()
-        log.info("bus: host %s ready with plug-ins %s", announce.host_id,
-                 [p.id for p in announce.plugins])
+        if self._warn.allow(b"ready:" + announce.host_id.encode()):
+            log.info("bus: host %s ready with plug-ins %s", announce.host_id,
+                     [p.id for p in announce.plugins])
+
+    def _forget_plugins(self, host_id: str, keep: set[str]) -> None:
+        """Drop the records of `host_id`'s plug-ins that its new READY no longer offers.
+
+        A plug-in id belongs to the host that registered it first, for the server's
+        lifetime, online or not: another host, even an allow-listed one, cannot take it over
+        while its host is stalled or restarting (apps' requests carry contents keys). It is
+        released only when its own host comes back without it."""
+        for plugin_id in [i for i, r in self._records.items()
+                          if r.host_id == host_id and i not in keep]:
+            del self._records[plugin_id]
 
     def _on_reply(self, peer: bytes, body: bytes) -> None:
         try:
@@ -687,8 +732,9 @@ class Bus:
         if host is None:
             return
         name = host_id_of(peer).decode(errors="replace")
-        log.warning("bus: plug-in host %s %s; plug-ins %s offline", peer.decode(errors="replace"),
-                    why, host.plugin_ids)
+        if self._warn.allow(b"drop:" + host_id_of(peer)):
+            log.warning("bus: plug-in host %s %s; plug-ins %s offline",
+                        peer.decode(errors="replace"), why, host.plugin_ids)
         if self._peers.get(name) == peer:
             del self._peers[name]
         for plugin_id in host.plugin_ids:
@@ -765,25 +811,29 @@ class Bus:
         request_id = frames[1] if len(frames) > 1 else b""
         if len(frames) < 6 or frames[0] != b"1.0":
             return [b"1.0", request_id, b"400", b"malformed ZAP request", b"", b""]
-        address, mechanism, credentials = frames[3], frames[5], frames[6:]
+        domain, address, mechanism, credentials = frames[2], frames[3], frames[5], frames[6:]
         key = z85_of(credentials[0]) if mechanism == b"CURVE" and credentials else None
-        name = self._host_key(key) if key is not None else None
+        directory = self._allow_list(domain)
+        name = allowed_keys(directory).get(key) if key and directory else None
         if name is not None:
             return [b"1.0", request_id, b"200", b"OK", name.encode(), b""]
         if self._warn.allow(b"zap:" + address):
-            log.warning("bus: refused a %s connection from %s%s", mechanism.decode(errors="replace"),
+            log.warning("bus: refused a %s connection to the %s from %s%s",
+                        mechanism.decode(errors="replace"),
+                        "tap" if domain == TAP_ZAP_DOMAIN else "bus",
                         address.decode(errors="replace"),
-                        f": key {key.decode()} is not in {self._auth.clients_dir}"
-                        if key is not None and self._auth else "")
+                        f": key {key.decode()} is not in {directory}" if key and directory else "")
         return [b"1.0", request_id, b"400", b"not allowed", b"", b""]
 
-    def _host_key(self, key: bytes) -> str | None:
-        """The allow-listed name of `key`, the directory read afresh at every handshake (a
-        few small files, once per connection): a key copied in is admitted and a key removed
-        is refused from the next connection on, without a restart. A link already open
-        stays until it closes."""
+    def _allow_list(self, domain: bytes) -> Path | None:
+        """The allow-list of a ZAP domain: hosts on the bus, taps on the tap endpoint. It is
+        read afresh at every handshake (a few small files, once per connection): a key copied
+        in is admitted and a key removed is refused from the next connection on, without a
+        restart. A link already open stays until it closes."""
         assert self._auth is not None
-        return allowed_keys(self._auth.clients_dir).get(key)
+        if domain == ZAP_DOMAIN:
+            return self._auth.clients_dir
+        return self._auth.taps_dir if domain == TAP_ZAP_DOMAIN else None
 
     def _tap_copy(self, direction: bytes, frames: list[bytes]) -> None:
         if self._tap is None or not self._tap_topics:

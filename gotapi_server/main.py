@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask
 
 from gotapi3dp.buskeys import (BUS_SECURITY, SERVER_NAME, clients_dir, load_or_create_pair,
-                               server_dir)
+                               server_dir, taps_dir)
 from gotapi3dp.config import Config, ConfigError, check_bind_host
 from gotapi3dp.serving import WORKER_CLASSES, run_gunicorn
 
@@ -31,7 +31,7 @@ def serve(config: Config) -> None:
         auth = None
         if auth_dirs is not None:
             pair = load_or_create_pair(auth_dirs[0], SERVER_NAME)
-            auth = BusAuth(pair, auth_dirs[1])
+            auth = BusAuth(pair, auth_dirs[1], auth_dirs[2])
         bus = Bus(gotapi.bus_endpoint, gotapi.tap_endpoint, auth=auth)
         bus.start()
         running["bus"] = bus
@@ -47,11 +47,12 @@ def serve(config: Config) -> None:
                  name="gotapi-3dp-gotapi", on_exit=on_exit)
 
 
-def bus_auth_dirs(security: str, data_dir: Path) -> tuple[Path, Path] | None:
-    """(key pair directory, allow-list directory) for `bus_security`, or None for "none"."""
+def bus_auth_dirs(security: str, data_dir: Path) -> tuple[Path, Path, Path] | None:
+    """(key pair directory, hosts' allow-list, taps' allow-list) for `bus_security`, or None
+    for "none"."""
     if security not in BUS_SECURITY:
         raise ConfigError(f"gotapi.bus_security must be one of {', '.join(BUS_SECURITY)}, "
                           f"not {security!r}")
     if security == "none":
         return None
-    return server_dir(data_dir), clients_dir(data_dir)
+    return server_dir(data_dir), clients_dir(data_dir), taps_dir(data_dir)

@@ -559,3 +559,56 @@ def test_peer_that_never_sends_ready_cannot_answer_or_appear(ctx, bus, pool) -> 
     good.answer()
     assert fut.result(timeout=5).params == {"echo": {"x": "1"}}
     assert [p.id for p in bus.plugins()] == ["echo"]
+
+
+def test_a_plugin_stays_with_its_host_while_it_is_offline(ctx, quick_bus) -> None:
+    """Review: another (allow-listed) host could register `printer3d` while its host was
+    stalled or restarting, and answer apps' requests with their contents keys."""
+    bus = quick_bus
+    owner = connected(ctx, bus)
+    assert wait_until(lambda: not online(bus, "echo"))       # silent: expired
+    squatter = RawHost(ctx, bus.endpoint, "squatter")
+    squatter.ready()
+    frames = squatter.recv()
+    assert frames is not None and frames[1] == DISCONNECT
+    assert not online(bus, "echo")
+    assert next(p for p in bus.plugins() if p.id == "echo").host_id == "raw-host"
+    owner.sock.close(linger=0)
+    connected(ctx, bus)                                      # its own host takes it back
+
+
+def test_a_host_back_without_a_plugin_releases_it(ctx, bus) -> None:
+    """...and its record goes (a host announcing new ids on each READY filled the list)."""
+    first = connected(ctx, bus, plugins=("echo", "spare"))
+    first.sock.close(linger=0)
+    assert wait_until(lambda: not online(bus, "echo"))     # the bus saw it go
+    connected(ctx, bus, plugins=("echo",))
+    assert wait_until(lambda: all(p.id != "spare" for p in bus.plugins()))
+    connected(ctx, bus, host_id="other-host", plugins=("spare",))
+
+
+def test_one_flooding_peer_does_not_hide_the_warnings_of_others() -> None:
+    """Review: the overall budget counted the flooder's suppressed lines, so an unknown key
+    refused meanwhile was never logged."""
+    from gotapi_server.bus import WARN_BURST, _WarnQuota
+    quota = _WarnQuota()
+    assert sum(quota.allow(b"flood") for _ in range(10_000)) == WARN_BURST
+    assert quota.allow(b"stranger")
+
+
+def test_a_message_of_very_many_frames_is_thrown_away_a_slice_at_a_time(ctx, bus, pool,
+                                                                         caplog) -> None:
+    """Review: one message of millions of (empty) frames was read whole in one go, stalling
+    the server for seconds. Now it is dropped after MAX_MESSAGE_FRAMES and the rest thrown
+    away DISCARD_SLICE frames per turn, with the other hosts served between slices."""
+    from gotapi_server.bus import MAX_MESSAGE_FRAMES
+    caplog.set_level(logging.WARNING, logger="gotapi_server.bus")
+    host = connected(ctx, bus)
+    junk = RawHost(ctx, bus.endpoint, "junk", plugins=("other",))
+    junk.send(*([b""] * 100_000))
+    fut = pool.submit(bus.request, get(n=1), "echo", 5.0)
+    host.answer()
+    assert fut.result(timeout=5).params == {"echo": {"n": 1}}
+    assert wait_until(lambda: f"more than {MAX_MESSAGE_FRAMES} frames" in caplog.text)
+    junk.ready()          # its next message is read from its own first frame
+    assert wait_until(lambda: online(bus, "other"))

@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from gotapi3dp.buskeys import (CLIENT_NAME, SERVER_NAME, admit, allowed_keys, clients_dir,
-                               load_or_create_pair, server_dir)
+                               load_or_create_pair, server_dir, taps_dir)
 from gotapi3dp.config import Config, ConfigError, PluginHostConfig
 from gotapi3dp.wire.busproto import (DISCONNECT, HEARTBEAT, PROTOCOL, READY, Announce,
                                      PluginInfo)
@@ -187,7 +187,8 @@ def test_an_unknown_bus_security_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="gotapi.bus_security"):
         bus_auth_dirs("plain", tmp_path)
     assert bus_auth_dirs("none", tmp_path) is None
-    assert bus_auth_dirs("curve", tmp_path) == (tmp_path / "bus", tmp_path / "bus" / "clients")
+    assert bus_auth_dirs("curve", tmp_path) == (tmp_path / "bus", tmp_path / "bus" / "clients",
+                                                tmp_path / "bus" / "taps")
 
 
 def test_no_key_file_is_left_world_readable(tmp_path: Path) -> None:
@@ -397,7 +398,7 @@ def test_bus_admit_of_a_missing_file_is_one_line(tmp_path: Path, capsys) -> None
 def tapped_bus(gotapi_dir: Path) -> Iterator[Bus]:
     pair = load_or_create_pair(server_dir(gotapi_dir), SERVER_NAME)
     b = Bus("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", heartbeat=HB, liveness=PATIENT,
-            auth=BusAuth(pair, clients_dir(gotapi_dir)))
+            auth=BusAuth(pair, clients_dir(gotapi_dir), taps_dir(gotapi_dir)))
     b.start()
     yield b
     b.stop()
@@ -432,7 +433,7 @@ def test_the_tap_takes_admitted_keys_only(ctx, tapped_bus, gotapi_dir, tmp_path)
     stranger_notices: list[str] = []
     _, stranger_stop, stranger = _run_tap(bus, (server, load_or_create_pair(
         tmp_path / "stranger", CLIENT_NAME)), stranger_notices)
-    admit(clients_dir(gotapi_dir), "tap", dir_t / f"{CLIENT_NAME}.key")
+    admit(taps_dir(gotapi_dir), "tap", dir_t / f"{CLIENT_NAME}.key")
     notices: list[str] = []
     out, stop, thread = _run_tap(bus, (server, pair_t), notices)
     try:
@@ -449,16 +450,61 @@ def test_the_tap_takes_admitted_keys_only(ctx, tapped_bus, gotapi_dir, tmp_path)
 
 
 def test_bus_tap_admits_itself_in_a_shared_data_dir(tmp_path: Path) -> None:
+    """...in the taps' allow-list, not the hosts' (review: the tap's key could register
+    plug-ins); a key it left among the hosts before is taken out."""
     import argparse
 
-    from gotapi3dp.cli import _tap_curve
+    from gotapi3dp.cli import _tap_keys
 
     config = Config(data_dir=tmp_path)
-    none, note = _tap_curve(argparse.Namespace(server_key=None), config)
-    assert none is None and "tapping without CurveZMQ" in note
+    own = load_or_create_pair(tmp_path / "tap" / "bus", CLIENT_NAME)
+    admit(clients_dir(tmp_path / "gotapi"), "tap", tmp_path / "tap" / "bus" / f"{CLIENT_NAME}.key")
+    keys = _tap_keys(argparse.Namespace(server_key=None), config)
+    assert keys.pair == own
+    assert allowed_keys(taps_dir(tmp_path / "gotapi"))[own.public] == "tap"
+    assert own.public not in allowed_keys(clients_dir(tmp_path / "gotapi"))
     server = load_or_create_pair(server_dir(tmp_path / "gotapi"), SERVER_NAME)
-    curve, note = _tap_curve(argparse.Namespace(server_key=None), config)
-    assert note is None and curve[0] == server.public
-    assert allowed_keys(clients_dir(tmp_path / "gotapi"))[curve[1].public] == "tap"
+    assert keys.server_public() == server.public
     with pytest.raises(ConfigError, match="--server-key"):
-        _tap_curve(argparse.Namespace(server_key="nope"), config)
+        _tap_keys(argparse.Namespace(server_key="nope"), config)
+
+
+def test_a_tap_started_before_the_server_waits_for_its_key(tmp_path: Path, capsys) -> None:
+    """Review: it went on without CurveZMQ and never saw a frame once the server was up."""
+    import argparse
+
+    from gotapi3dp.cli import _tap_keys, _wait_for_server_key
+
+    keys = _tap_keys(argparse.Namespace(server_key=None), Config(data_dir=tmp_path))
+    made: list[bytes] = []
+
+    def server_starts() -> None:
+        time.sleep(0.3)
+        made.append(load_or_create_pair(server_dir(tmp_path / "gotapi"), SERVER_NAME).public)
+    starter = threading.Thread(target=server_starts)
+    starter.start()
+    got = _wait_for_server_key(keys, poll=0.05)
+    starter.join()
+    assert got == made[0]
+    assert capsys.readouterr().err.count("waiting for the bus server's key") == 1
+
+
+def test_a_tap_key_cannot_register_plugins_and_a_host_key_cannot_tap(
+        ctx, tapped_bus, gotapi_dir, tmp_path) -> None:
+    """Review: the key `bus tap` admits for itself could take over `printer3d`."""
+    bus = tapped_bus
+    server = _server_public(gotapi_dir)
+    dir_t, pair_t = _host_pair(tmp_path, "tap")
+    admit(taps_dir(gotapi_dir), "tap", dir_t / f"{CLIENT_NAME}.key")
+    squatter = RawHost(ctx, bus.endpoint, host_id="tap", curve=(server, pair_t))
+    squatter.ready()
+    dir_h, pair_h = _host_pair(tmp_path, "host")
+    admit(clients_dir(gotapi_dir), "raw-host", dir_h / f"{CLIENT_NAME}.key")
+    notices: list[str] = []
+    _, stop, thread = _run_tap(bus, (server, pair_h), notices)
+    try:
+        assert wait_until(lambda: any("refused this tap's key" in n for n in notices))
+        assert not online(bus, "echo")
+    finally:
+        stop.set()
+        thread.join(timeout=2)
