@@ -564,8 +564,8 @@ class Bus:
             # machine's link lives until heartbeats end it). Under CURVE only its own key
             # can speak for its id, so the new connection is taken at its word.
             previous = self._hosts.get(old)
-            heard = time.monotonic() - previous.last_recv if previous else HEARTBEAT_INTERVAL
-            if heard < HEARTBEAT_INTERVAL and self._warn.allow(b"clone:" + host_id_of(peer)):
+            heard = time.monotonic() - previous.last_recv if previous else self._heartbeat
+            if heard < self._heartbeat and self._warn.allow(b"clone:" + host_id_of(peer)):
                 log.error("bus: host %s connected again while its other connection is alive "
                           "(heard %.1f s ago); if this repeats, two plug-in hosts share that "
                           "host id and key (a copied data dir?): give each its own",

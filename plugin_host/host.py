@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,10 +26,11 @@ from zmq.utils.monitor import recv_monitor_message
 
 from gotapi3dp.buskeys import ClientKeys
 from gotapi3dp.config import PluginHostConfig
-from gotapi3dp.wire.busproto import (DISCONNECT, EVENT, HEARTBEAT, HEARTBEAT_INTERVAL,
-                                     HEARTBEAT_LIVENESS, MAX_FRAME_BYTES, PROTOCOL, READY,
-                                     RECONNECT_MAX, RECONNECT_MIN, REPLY, REQUEST, SOCKET_HWM,
-                                     Announce, connection_id, encode_announce)
+from gotapi3dp.wire.busproto import (COMMAND_NAMES, DISCONNECT, EVENT, HEARTBEAT,
+                                     HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, MAX_FRAME_BYTES,
+                                     PROTOCOL, READY, RECONNECT_MAX, RECONNECT_MIN, REPLY,
+                                     REQUEST, SOCKET_HWM, Announce, connection_id,
+                                     encode_announce)
 from gotapi3dp.mailbox import Mailbox
 from gotapi3dp.zmqio import NOBLOCK, POLLIN, poll_readable, readable, recv_frames, send_frames
 from gotapi3dp.wire.errors import ErrorCode, P3DError
@@ -46,6 +48,13 @@ GOODBYE_LINGER_MS = 200  # let the final DISCONNECT leave before the socket clos
 WORKERS = 16
 _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+# What libzmq 4.3.5 reports when the two ends disagree on bus_security (CURVE vs NULL), in
+# either direction: about half the time HANDSHAKE_FAILED_PROTOCOL with this value (this end
+# read the peer's greeting first), else HANDSHAKE_FAILED_NO_DETAIL with EPIPE (the peer saw
+# the mismatch first and closed). A wrong bus_server_key gives NO_DETAIL/EPIPE as well.
+_MECHANISM_MISMATCH = zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+REPEAT_AFTER = 60.0   # seconds before the same diagnosis (or dropped command) is logged again
+_CHECK_SECURITY = "check bus_security in [gotapi] and [plugin_host] (they must match)"
 
 
 # CURVE towards the bus: this host's pair and the server's public key, given or read from
@@ -77,7 +86,8 @@ class PluginHost:
         # Owned by the loop thread (inside run()):
         self._ctx: zmq.Context[Any] | None = None
         self._socket: zmq.Socket[Any] | None = None
-        self._monitor: zmq.Socket[Any] | None = None   # the DEALER's handshake events (CURVE)
+        self._monitor: zmq.Socket[Any] | None = None   # the DEALER's handshake events
+        self._said: dict[str, tuple[float, int]] = {}  # _say: when last logged, times held back
         self._poll_items: list[tuple[Any, int]] = []   # what the loop waits on (zmq_poll)
         self._pool: ThreadPoolExecutor | None = None
         self._last_recv = self._last_send = 0.0
@@ -160,8 +170,8 @@ class PluginHost:
         sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
         sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-        if self._auth is not None:
-            self._monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+        # Under either bus_security: a mismatch (CURVE against NULL) shows only here.
+        self._monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
         sock.connect(self._config.bus_endpoint)
         self._socket = sock
         self._reset_poll_items()
@@ -182,26 +192,81 @@ class PluginHost:
             self._reset_poll_items()
 
     def _on_handshake(self) -> None:
-        """A failed CurveZMQ handshake is a configuration error, not a silent server: say
-        which, and retry after the back-off (not libzmq's 100 ms retries, each refused)."""
+        """A failed handshake is a configuration error, not a silent server: say which (at
+        most once per REPEAT_AFTER), and retry after the back-off (not libzmq's 100 ms
+        retries, each refused)."""
         while self._monitor is not None and readable(self._monitor):
             message = recv_monitor_message(self._monitor, NOBLOCK)
-            event = message["event"]
+            event, value = message["event"], message["value"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._said.clear()    # a later failure is news again
                 continue
             where = self._config.bus_endpoint
-            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and message["value"] != 400:
-                log.error("the bus at %s could not check this host's key (ZAP status %s); "
-                          "retrying", where, message["value"])
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and value != 400:
+                self._say(logging.ERROR, "zap-status",
+                          "the bus at %s could not check this host's key (ZAP status %s); "
+                          "retrying", where, value)
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                log.error("the bus at %s refused this host's key: it is not in the server's "
+                self._say(logging.ERROR, "not-admitted",
+                          "the bus at %s refused this host's key: it is not in the server's "
                           "allow-list (copy this host's plugin_host/bus/client.key into the "
-                          "server's gotapi/bus/clients/ as %s.key)", where, self._config.host_id)
+                          "server's gotapi/bus/clients/ as %s.key)", where,
+                          self._config.host_id)
             else:
-                log.error("the CurveZMQ handshake with %s failed: is bus_server_key the "
-                          "server's public key, and does the server use bus_security = "
-                          "\"curve\"?", where)
+                self._handshake_failed(where, event, value)
             self._reconnect_later()
+
+    def _handshake_failed(self, where: str, event: int, value: int) -> None:
+        """Log the likely cause of a handshake that failed without a ZAP verdict."""
+        curve = self._auth is not None
+        mismatch = event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == _MECHANISM_MISMATCH
+        closed = event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        if mismatch and curve:
+            self._say(logging.ERROR, "mismatch",
+                      "the bus at %s does not speak CurveZMQ but this host has bus_security "
+                      "= \"curve\": the server has bus_security = \"none\"; %s; retrying",
+                      where, _CHECK_SECURITY)
+        elif mismatch:
+            self._say(logging.ERROR, "mismatch",
+                      "the bus at %s speaks CurveZMQ but this host has bus_security = "
+                      "\"none\"; %s; retrying", where, _CHECK_SECURITY)
+        elif closed and not curve:
+            # A NULL bus never closes a NULL handshake, a CURVE one does: the same cause, so
+            # the same key (libzmq reports a mismatch either way, at random).
+            self._say(logging.ERROR, "mismatch",
+                      "the bus at %s closed the connection during the handshake (%s): it "
+                      "likely speaks CurveZMQ but this host has bus_security = \"none\"; %s; "
+                      "retrying", where, _strerror(value), _CHECK_SECURITY)
+        elif closed:
+            # A wrong server key, or a NULL bus that saw the mismatch first: libzmq cannot tell.
+            self._say(logging.ERROR, "curve-closed",
+                      "the CurveZMQ handshake with %s failed (the server closed the "
+                      "connection: %s): either bus_server_key is not the server's public key, "
+                      "or the server has bus_security = \"none\"; %s; retrying",
+                      where, _strerror(value), _CHECK_SECURITY)
+        else:
+            self._say(logging.ERROR, "protocol",
+                      "the %shandshake with %s failed (ZMTP protocol error %#x): is the "
+                      "GotAPI bus listening there%s? %s; retrying",
+                      "CurveZMQ " if curve else "", where, value,
+                      ", and is bus_server_key its public key" if curve else "",
+                      _CHECK_SECURITY)
+
+    def _say(self, level: int, key: str, msg: str, *args: Any) -> None:
+        """Log `msg`, unless the line under `key` was logged less than REPEAT_AFTER ago (then
+        at debug level only): a host retrying every back-off, or dropping a command every
+        poll, must not repeat the same cause without end. The next line it does log says
+        how many were held back."""
+        now = time.monotonic()
+        last, held = self._said.get(key, (None, 0))
+        if last is not None and now - last < REPEAT_AFTER:
+            self._said[key] = (last, held + 1)
+            log.debug(msg, *args)
+            return
+        self._said[key] = (now, 0)
+        if held:
+            msg, args = msg + " (%d more times in the last %.0f s)", (*args, held, now - last)
+        log.log(level, msg, *args)
 
     def _reconnect_later(self) -> None:
         """Close the socket; a fresh one connects after the back-off (doubling, capped)."""
@@ -231,13 +296,14 @@ class PluginHost:
 
     def _send(self, command: bytes, body: bytes | None = None) -> None:
         if self._socket is None:
-            log.debug("not connected; %r dropped", command)
+            log.debug("not connected; %s dropped", _name(command))
             return
         frames = [PROTOCOL, command] + ([body] if body is not None else [])
         try:
             send_frames(self._socket, frames)
         except zmq.Again:
-            log.warning("send queue to the server is full; %r dropped", command)
+            self._say(logging.WARNING, "send:" + _name(command),
+                      "send queue to the server is full; %s dropped", _name(command))
             return
         self._last_send = time.monotonic()
 
@@ -257,7 +323,7 @@ class PluginHost:
         if command == REQUEST and len(body) == 1:
             self._on_request(body[0])
         elif command != HEARTBEAT:
-            log.warning("unexpected command %r with %d body frames", command[:8], len(body))
+            log.warning("unexpected %s with %d body frames", _name(command), len(body))
 
     def _on_request(self, body: bytes) -> None:
         try:
@@ -356,6 +422,18 @@ def _answer(plugin: Plugin, intent: Intent) -> Intent:
     if reply.plugin_id != intent.plugin_id:  # the server matches replies by (requestCode, pluginId)
         reply = dataclasses.replace(reply, plugin_id=intent.plugin_id)
     return reply
+
+
+def _name(command: bytes) -> str:
+    """A bus command as the logs name it (READY, HEARTBEAT...), not as bytes."""
+    return COMMAND_NAMES.get(command, f"command {command[:8]!r}")
+
+
+def _strerror(errno: int) -> str:
+    try:
+        return os.strerror(errno) if errno else "no detail"
+    except (ValueError, OverflowError):
+        return f"errno {errno}"
 
 
 def _checked(intent: Intent) -> bytes:
