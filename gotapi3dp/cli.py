@@ -66,11 +66,11 @@ def cmd_bus_tap(args: argparse.Namespace, config: Config) -> int:
     from gotapi_server.tap import tap
     endpoint = args.endpoint or config.gotapi.tap_endpoint
     keys = _tap_keys(args, config)
-    curve = None
+    curve, note = None, None
     if keys is not None and args.endpoint and not _has_server_key(keys):
         # another bus than this data dir's, and no --server-key: it may run without CURVE
-        print("no bus server key in this data dir: tapping without CurveZMQ (for a bus that "
-              "uses it, give --server-key, what `gotapi-3dp bus key` prints)", file=sys.stderr)
+        note = ("no bus server key in this data dir: tapping without CurveZMQ (for a bus that "
+                "uses it, give --server-key, what `gotapi-3dp bus key` prints)")
     elif keys is not None:
         try:
             curve = (_wait_for_server_key(keys), keys.pair)
@@ -78,6 +78,8 @@ def cmd_bus_tap(args: argparse.Namespace, config: Config) -> int:
             return EXIT_OK
 
     def banner() -> None:
+        if note is not None:
+            print(note, file=sys.stderr)
         if not args.json:
             print(f"tapping {endpoint} (Ctrl-C to stop)", file=sys.stderr)
     try:

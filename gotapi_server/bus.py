@@ -50,6 +50,7 @@ from .apispec import check_document
 from .fdwait import FdWaiter, fd_waiter, gevent_patched
 from .latch import Latch, latch_factory
 from .redaction import redact_body
+from .tap import tap_topic
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,7 @@ class Bus:
         self._peers: dict[str, bytes] = {}     # host id -> routing id of its live connection
         self._records: dict[str, PluginRecord] = {}
         self._discarding = False               # a junk message is being thrown away
+        self._tap_seq = 0                      # messages copied to the tap
         # Keyed by (requestCode, pluginId): one Intent may be fanned out to several plug-ins.
         self._pending: dict[tuple[bytes, str], _Pending] = {}
         self._events: list[Intent] = []    # read, not yet delivered to the callbacks
@@ -838,8 +840,10 @@ class Bus:
     def _tap_copy(self, direction: bytes, frames: list[bytes]) -> None:
         if self._tap is None or not self._tap_topics:
             return
+        self._tap_seq += 1               # a tap that misses some sees the gap
         try:
-            send_frames(self._tap, [direction, *_tap_frames(frames)], NOBLOCK)
+            send_frames(self._tap, [tap_topic(direction, self._tap_seq), *_tap_frames(frames)],
+                        NOBLOCK)
         except zmq.ZMQError:
             pass  # a tap is best effort
 

@@ -1,7 +1,8 @@
 """`bus tap`: print every bus frame the GotAPI server publishes on its tap, decoded.
 
 The bus copies each frame it receives or sends to an XPUB socket as
-`[direction, peer routing id, protocol, command, body?]`, Intent bodies with their secrets
+`[direction + sequence, peer routing id, protocol, command, body?]` (`tap_topic`), Intent
+bodies with their secrets
 already replaced (`redaction.py`; a body that is not an Intent goes out empty), and only
 while some tap subscribes: an untapped bus does no tap work at all. We decode bodies with
 the shared decoders (Intent, READY announce) and print one line, or one JSON object, per
@@ -20,6 +21,11 @@ contents keys) are shown as `<redacted N chars sha256:xxxxxxxx>`, redacted again
 Under `bus_security = "curve"` the tap endpoint admits the keys of the bus's allow-list
 only (`curve`: the server's public key and this tap's pair; `gotapi-3dp bus tap` makes its
 pair in <data-dir>/tap/bus and, on the server's data dir, admits it as `tap`).
+
+The XPUB drops what a slow tap has not read once 10 000 messages wait for it (the bus never
+waits for a tap). The sequence number the bus puts after the direction shows the gaps: the
+tap prints how many frames it missed (`{"dropped": N}` with --json) where they were lost,
+and says so when the bus has restarted (its sequence began again).
 
 A SUB socket connects in the background and retries for ever, so on its own a tap whose bus
 is down looks exactly like a quiet bus. The tap watches its socket's connection events
@@ -85,6 +91,45 @@ class Filter:
 def _lifecycle(intent: dict[str, Any]) -> bool:
     """A lifecycle notice (EVENT_TRANSMIT_DISCONNECT...): it has no profile and no service."""
     return not intent.get("profile") and intent.get("action") in _LIFECYCLE
+
+
+SEQ_BYTES = 8
+
+
+def tap_topic(direction: bytes, seq: int) -> bytes:
+    """The first frame of a tap message: b"in" or b"out" (what a SUB filters on), then the
+    bus's sequence number of the message (8 bytes, big-endian)."""
+    return direction + seq.to_bytes(SEQ_BYTES, "big")
+
+
+def _split_topic(topic: bytes) -> tuple[bytes | None, int | None]:
+    for direction in (b"in", b"out"):
+        if topic.startswith(direction):
+            rest = topic[len(direction):]
+            if not rest:
+                return direction, None
+            if len(rest) == SEQ_BYTES:
+                return direction, int.from_bytes(rest, "big")
+    return None, None
+
+
+@dataclass
+class Gaps:
+    """Frames the tap missed, from the bus's sequence numbers."""
+
+    last: int | None = None
+
+    def note(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """A record to print before `record` if frames were lost before it, else None."""
+        seq = record.get("seq")
+        if seq is None:
+            return None
+        last, self.last = self.last, seq
+        if last is None or seq == last + 1:
+            return None
+        if seq <= last:
+            return {"time": record["time"], "restarted": True}
+        return {"time": record["time"], "dropped": seq - last - 1}
 
 
 @dataclass
@@ -174,7 +219,7 @@ def tap(endpoint: str, as_json: bool, out: TextIO, stop: threading.Event | None 
     if monitor is not None:
         poller.register(monitor, zmq.POLLIN)
     count = 0
-    keep, latency = Filter(profile, service), Latency()
+    keep, latency, gaps = Filter(profile, service), Latency(), Gaps()
     try:
         _subscribe(sub, endpoint)
         if connected is not None:
@@ -187,6 +232,9 @@ def tap(endpoint: str, as_json: bool, out: TextIO, stop: threading.Event | None 
                 continue
             record = describe(sub.recv_multipart(), time.time())
             latency.note(record)
+            gap = gaps.note(record)          # shown whatever the filters: lost is lost
+            if gap is not None:
+                out.write((json.dumps(gap) if as_json else format_line(gap)) + "\n")
             if not keep.keeps(record):
                 continue
             out.write((json.dumps(record) if as_json else format_line(record)) + "\n")
@@ -243,10 +291,13 @@ def _tcp_host(endpoint: str) -> str | None:
 def describe(frames: list[bytes], when: float) -> dict[str, Any]:
     """One tap message as a JSON-ready dict (bytes as hex)."""
     record: dict[str, Any] = {"time": when, "size": sum(len(f) for f in frames)}
-    if len(frames) < 4 or frames[0] not in (b"in", b"out"):
+    direction, seq = _split_topic(frames[0]) if frames else (None, None)
+    if seq is not None:
+        record["seq"] = seq
+    if len(frames) < 4 or direction is None:
         record["undecodable"] = f"{len(frames)} frames"
         return record
-    direction, peer, protocol, command, *body = frames
+    _, peer, protocol, command, *body = frames
     record.update(direction=direction.decode(), peer=_text(peer), protocol=_text(protocol),
                   command=COMMAND_NAMES.get(command, command.hex()))
     if protocol != PROTOCOL:
@@ -269,6 +320,11 @@ def describe(frames: list[bytes], when: float) -> dict[str, Any]:
 def format_line(record: dict[str, Any]) -> str:
     clock = time.strftime("%H:%M:%S", time.localtime(record["time"]))
     stamp = f"{clock}.{int(record['time'] % 1 * 1000):03d}"
+    if "dropped" in record:
+        return (f"{stamp} !   {record['dropped']} frames dropped here (the tap read too "
+                "slowly; the bus never waits for it)")
+    if "restarted" in record:
+        return f"{stamp} !   the bus restarted (its sequence began again)"
     if "direction" not in record:
         return f"{stamp} ?   undecodable {record['undecodable']}, {record['size']} bytes"
     parts = [stamp, f"{record['direction']:<3}", _shown(record["peer"]), record["command"]]

@@ -624,3 +624,19 @@ def test_two_live_hosts_sharing_an_id_are_named_as_such(ctx, bus, caplog) -> Non
     clone.ready()
     assert wait_until(lambda: "two plug-in hosts share that host id" in caplog.text)
     assert online(bus, "echo")
+
+
+def test_the_bus_numbers_what_it_copies_to_the_tap(ctx, bus) -> None:
+    from gotapi_server.tap import describe
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(bus.tap_endpoint)
+    host = connected(ctx, bus)
+    seqs: list[int] = []
+    deadline = time.monotonic() + 10
+    while len(seqs) < 6 and time.monotonic() < deadline:
+        host.send(PROTOCOL, HEARTBEAT)
+        if sub.poll(100):
+            seqs.append(describe(sub.recv_multipart(), 0.0)["seq"])
+    sub.close(linger=0)
+    assert len(seqs) == 6 and seqs == list(range(seqs[0], seqs[0] + 6))
