@@ -674,7 +674,7 @@ class Bus:
             raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE,
                            f"requestCode {rc.hex()} is already in flight to {plugin_id}")
         if host is None or not self._send(host.peer, REQUEST, payload):
-            raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE, f"plug-in {plugin_id} is not connected")
+            raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE, f"Plug-in {plugin_id} is not connected.")
         self._pending[key] = _Pending(latch, host.peer, plugin_id, deadline)
 
     def _notify(self, payload: bytes, plugin_id: str | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -17,6 +18,9 @@ from gotapi3dp.wire.intent import Action, Intent
 
 log = logging.getLogger(__name__)
 
+# After the server starts, plug-in hosts need a moment to connect and announce themselves:
+# a service of a plug-in not seen yet is 17 (try again) meanwhile, not 6 (no such service).
+STARTUP_GRACE = 10.0
 DISCOVERY_PROFILE = "networkServiceDiscovery"
 DISCOVERY_ATTRIBUTE = "getNetworkServices"
 
@@ -54,9 +58,11 @@ def _services_of(answer: Intent) -> list[dict[str, Any]]:
 class ServiceDirectory:
     """Asks plug-ins for their services and remembers each plug-in's last answer."""
 
-    def __init__(self, bus: Any, timeout: float) -> None:
+    def __init__(self, bus: Any, timeout: float, clock: Any = time.monotonic) -> None:
         self.bus = bus
         self.timeout = timeout
+        self._clock = clock
+        self._started = clock()
         self._cache: dict[str, list[dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
@@ -125,6 +131,10 @@ class ServiceDirectory:
         local, plugin_id = split_id(service_id)
         plugin = self.plugin(plugin_id)
         if plugin is None:
+            if plugin_id and self._clock() - self._started < STARTUP_GRACE:
+                raise P3DError(ErrorCode.ILLEGAL_SERVER_STATE,
+                               f"Plug-in {plugin_id} has not connected yet (the server has just "
+                               "started); try again.")
             raise P3DError(ErrorCode.NOT_FOUND_SERVICE)
         services = self.cached(plugin_id)
         if not _has(services, local):

@@ -241,7 +241,7 @@ def test_unknown_plugin_is_illegal_server_state(bus) -> None:
     with pytest.raises(P3DError) as info:
         bus.request(get(), "nobody", 5.0)
     assert info.value.code == ErrorCode.ILLEGAL_SERVER_STATE
-    assert "plug-in nobody is not connected" in info.value.message
+    assert "Plug-in nobody is not connected." in info.value.message
 
 
 def test_request_on_a_stopped_bus_is_illegal_server_state() -> None:

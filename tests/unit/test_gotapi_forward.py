@@ -119,8 +119,14 @@ def test_empty_service_id_is_5(tmp_path: Path) -> None:
 
 
 def test_unknown_service_is_6(tmp_path: Path) -> None:
+    """...and a service of a plug-in not seen yet is 17 (try again) while the server has
+    just started (review: apps got 6, "no such service", until the host's READY came)."""
+    from gotapi_server.services import STARTUP_GRACE
     bus = printer_bus()
     client, token = _client(tmp_path, bus)
+    early = _get(client, "/gotapi/printer3d/status", token, serviceId="printer-1.nosuchplugin")
+    assert early["errorCode"] == 17 and "not connected yet" in early["errorMessage"]
+    client.application.extensions["gotapi"].services._started -= STARTUP_GRACE
     for service_id in ("printer-1.nosuchplugin", "printer-9.printer3d", "printer-1"):
         body = _get(client, "/gotapi/printer3d/status", token, serviceId=service_id)
         assert body["errorCode"] == 6, service_id
