@@ -3,19 +3,25 @@
 The bus applies `redact_body` to every Intent it copies to its tap, so a plain ZeroMQ SUB on
 the tap endpoint never sees a secret (the endpoint has no authentication of its own); the
 `bus tap` client applies `redact` again to what it decodes, in case it is tapping a bus that
-does not. A secret becomes `<redacted N chars sha256:xxxxxxxx>` (`bytes` for binary values,
-the msgpack size for maps and lists): enough to tell two values apart, not to use one. A
-value that already is such a marker is left as it is, so redacting twice changes nothing.
+does not. A secret becomes `<redacted N chars id:xxxxxxxx>` (`bytes` for binary values,
+the msgpack size for maps and lists), the id a keyed hash (HMAC-SHA256 under a key drawn at
+each process start): enough to tell two values apart in one run of the bus, not to use one,
+nor to find a short one (a PIN) by trying every value against a plain hash. A value that
+already is such a marker is left as it is, so redacting twice changes nothing.
 
 Secret by name: any key whose lower-cased name contains `token`, `key`, `secret`,
-`password`, `passwd`, `passphrase`, `credential`, `cookie`, `auth` or `signature` (its whole
-value, whatever its type, nested maps included), and by shape: any string or bytes starting
-with the sealed-token prefix.
+`password`, `passwd`, `passphrase`, `credential`, `cookie`, `auth` or `signature`, or one of
+whose words (camelCase or snake_case) is `pin`, `pwd`, `otp`, `session` or `sid` (its whole
+value, whatever its type, nested maps included); and by shape: a sealed token (its prefix)
+anywhere in a string or at the start of bytes.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
+import re
+import secrets
 from typing import Any
 
 import msgpack
@@ -25,13 +31,19 @@ from gotapi3dp.wire.token import TOKEN_PREFIX
 
 SECRET_PARTS = ("token", "key", "secret", "password", "passwd", "passphrase", "credential",
                 "cookie", "auth", "signature")
+SECRET_WORDS = frozenset({"pin", "pwd", "otp", "session", "sid"})  # whole words only: not "spin"
 MARKER = "<redacted "
 _TOKEN_PREFIX_BYTES = TOKEN_PREFIX.encode()
+_WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+_SEALED = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_.~=+/-]*")
+_ID_KEY = secrets.token_bytes(16)   # this process's: ids match within one run, never across
 
 
 def is_secret(name: str) -> bool:
     low = name.lower()
-    return any(part in low for part in SECRET_PARTS)
+    if any(part in low for part in SECRET_PARTS):
+        return True
+    return any(word.lower() in SECRET_WORDS for word in _WORD.findall(name))
 
 
 def redact_value(value: Any) -> str:
@@ -45,7 +57,7 @@ def redact_value(value: Any) -> str:
     else:
         raw = msgpack.packb(value, use_bin_type=True, default=repr)
         unit = f"{len(raw)} bytes of {type(value).__name__}"
-    return f"{MARKER}{unit} sha256:{hashlib.sha256(raw).hexdigest()[:8]}>"
+    return f"{MARKER}{unit} id:{hmac.new(_ID_KEY, raw, hashlib.sha256).hexdigest()[:8]}>"
 
 
 def redact(value: Any, name: str = "") -> Any:
@@ -56,8 +68,10 @@ def redact(value: Any, name: str = "") -> Any:
         return {k: redact(v, k if isinstance(k, str) else "") for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
-    if isinstance(value, str) and value.startswith(TOKEN_PREFIX):
-        return redact_value(value)
+    if isinstance(value, str) and TOKEN_PREFIX in value:
+        if value.startswith(TOKEN_PREFIX):
+            return redact_value(value)
+        return _SEALED.sub(lambda m: redact_value(m.group()), value)   # "see p3t1.AAAA"
     if isinstance(value, (bytes, bytearray)) and bytes(value).startswith(_TOKEN_PREFIX_BYTES):
         return redact_value(value)
     return value

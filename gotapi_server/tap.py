@@ -16,7 +16,7 @@ scheduling and delivery delays, so two taps can show different latencies for the
 id); both keep lifecycle notices (EVENT_TRANSMIT_DISCONNECT...), which have no profile or
 service and go to every plug-in. Secrets never reach the screen: sealed tokens (`p3t1.`...)
 and every parameter whose name holds `token`, `key`, `secret`, `password`... (access tokens,
-contents keys) are shown as `<redacted N chars sha256:xxxxxxxx>`, redacted again here.
+contents keys) are shown as `<redacted N chars id:xxxxxxxx>`, redacted again here.
 
 Under `bus_security = "curve"` the tap endpoint admits the keys of the bus's allow-list
 only (`curve`: the server's public key and this tap's pair; `gotapi-3dp bus tap` makes its

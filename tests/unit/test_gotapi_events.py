@@ -220,8 +220,9 @@ def test_tap_latency_filters_and_redaction() -> None:
     assert records[1]["latencyMs"] == 250.0
     text = json.dumps(records) + "".join(tapmod.format_line(r) for r in records)
     assert "secret-key-123" not in text and "p3t1.AAAA" not in text
-    digest = hashlib.sha256(b"secret-key-123").hexdigest()[:8]
-    assert records[0]["intent"]["params"]["contentsKey"] == f"<redacted 14 chars sha256:{digest}>"
+    from gotapi_server.redaction import redact_value
+    assert records[0]["intent"]["params"]["contentsKey"] == redact_value("secret-key-123")
+    assert redact_value("secret-key-123").startswith("<redacted 14 chars id:")
     assert records[0]["intent"]["params"]["contentId"] == "abc"
     assert "latency=250.00ms" in tapmod.format_line(records[1])
 

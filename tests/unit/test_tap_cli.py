@@ -64,7 +64,7 @@ def test_a_request_shows_its_origin_and_keeps_secrets_redacted() -> None:
     line = format_line(record)
     assert f"origin={ORIGIN} " in line and "/printer3d/connect" in line
     assert secret not in line and secret not in str(record)
-    assert record["intent"]["params"]["accessToken"].startswith("<redacted 25 chars sha256:")
+    assert record["intent"]["params"]["accessToken"].startswith("<redacted 25 chars id:")
 
 
 @pytest.mark.parametrize("params", [
@@ -96,7 +96,7 @@ def test_the_bus_publishes_intents_already_redacted() -> None:
     assert secret.encode() not in body and b"k-1" not in body
     shown = decode(body)
     assert shown.params["contentId"] == "abc" and shown.request_code == intent.request_code
-    assert shown.params["contentsKey"].startswith("<redacted 19 chars sha256:")
+    assert shown.params["contentsKey"].startswith("<redacted 19 chars id:")
     plain = encode(Intent(Action.GET, profile="printer3d", attribute="status"))
     assert redact_body(plain) == plain           # nothing secret: the same bytes
     assert redact_body(b"\xc1 not msgpack") == b""  # unchecked bytes never leave
@@ -287,3 +287,22 @@ def test_an_unresolvable_tap_host_is_an_error_at_once() -> None:
     ("tcp://127.0.0.1;bus.example:4041", "bus.example")])
 def test_the_host_a_tap_looks_up(endpoint: str, host: str | None) -> None:
     assert _tcp_host(endpoint) == host
+
+
+def test_redaction_by_word_by_shape_anywhere_and_with_a_keyed_id() -> None:
+    """Review: `pin`, `pwd` and `sessionId` passed; "see p3t1.BBBB" was shown; the plain
+    SHA-256 prefix of a short secret (a PIN) could be found by trying every value."""
+    import hashlib
+
+    from gotapi_server.redaction import redact
+    shown = redact({"pin": "1234", "userPwd": "x", "sessionId": "s", "otp_code": "9",
+                    "spin": "fast", "pinned": True, "consider": "it",
+                    "errorMessage": "token p3t1.BBBB.cc refused", "note": "p3t1. alone"})
+    for name in ("pin", "userPwd", "sessionId", "otp_code"):
+        assert shown[name].startswith("<redacted "), name
+    assert shown["spin"] == "fast" and shown["pinned"] is True and shown["consider"] == "it"
+    assert "p3t1.BBBB" not in shown["errorMessage"]
+    assert shown["errorMessage"].startswith("token <redacted 12 chars id:")
+    assert shown["errorMessage"].endswith(" refused")
+    assert hashlib.sha256(b"1234").hexdigest()[:8] not in shown["pin"]
+    assert redact(shown) == shown                      # twice changes nothing
