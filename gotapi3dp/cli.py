@@ -29,16 +29,31 @@ def cmd_up(args: argparse.Namespace, config: Config) -> int:
     from .supervisor import Supervisor
     console = _console()
     supervisor = Supervisor(config, args.config, say=lambda m: console.print(f"[dim]{m}[/]"))
-    _stop_on_signals(lambda: supervisor.stop())
+    starting = True
+
+    def on_signal() -> None:
+        # Only a flag while supervising: stop() then runs once, from this function, never
+        # in the middle of a restart (a child started after everything had stopped).
+        # While starting, abort the start-up once: start() stops what it started.
+        nonlocal starting
+        supervisor.request_stop()
+        if starting:
+            starting = False
+            raise KeyboardInterrupt
+    _stop_on_signals(on_signal)
     info = supervisor.start()
-    console.print(f"[bold green]gotapi-3dp is up[/]  (details in {config.data_dir / 'up.json'})")
-    for label, value in (("GotAPI server", info.gotapi), ("intent bus", info.bus),
-                         ("bus tap", info.tap), ("contents server", info.contents),
-                         ("printer", info.printer), ("sample content", info.sampleContentId),
-                         ("logs", str(config.data_dir / "logs"))):
-        console.print(f"  {label:<16} {value}")
-    console.print("Ctrl-C stops everything.")
-    supervisor.supervise()
+    starting = False
+    try:
+        console.print(f"[bold green]gotapi-3dp is up[/]  (details in {config.data_dir / 'up.json'})")
+        for label, value in (("GotAPI server", info.gotapi), ("intent bus", info.bus),
+                             ("bus tap", info.tap), ("contents server", info.contents),
+                             ("printer", info.printer), ("sample content", info.sampleContentId),
+                             ("logs", str(config.data_dir / "logs"))):
+            console.print(f"  {label:<16} {value}")
+        console.print("Ctrl-C stops everything.")
+        supervisor.supervise()
+    finally:
+        supervisor.stop()
     return EXIT_OK
 
 

@@ -559,6 +559,10 @@ class Supervisor:
             for child in self.children.values():
                 self._maybe_restart(child)
 
+    def request_stop(self) -> None:
+        """Make supervise() return (safe from a signal handler); stop() does the stopping."""
+        self._stopping.set()
+
     def _maybe_restart(self, child: Child) -> None:
         code = child.exit_code()
         if code is None or self._stopping.is_set():
@@ -574,7 +578,7 @@ class Supervisor:
         if self._stopping.wait(delay):
             return
         child.restarts += 1
-        child.start()
+        child.start()      # a stop requested meanwhile ends it: stop() follows supervise()
 
     def stop(self) -> None:
         """Stop every child, last started first."""

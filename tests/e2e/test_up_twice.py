@@ -57,3 +57,31 @@ def test_a_second_up_never_touches_the_running_stack(tmp_path: Path) -> None:
         printers = stack.cli("printers", "--json")
         assert printers.returncode == 0, printers.stderr
         assert stack.info["serviceId"] in printers.stdout
+
+
+def test_ctrl_c_while_up_starts_stops_what_it_started(tmp_path: Path) -> None:
+    """Ctrl-C during start-up: exit 130, every child stopped, no up.json, and a new `up` on
+    the same data dir starts (review: the signal handler stopped everything, then start-up
+    went on from where it was)."""
+    import signal
+    import time
+    (tmp_path / "s").mkdir()
+    stack = Stack(tmp_path / "s")
+    with open(stack.log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gotapi3dp.cli", "--config",
+                                 str(stack.config_path), "--data-dir", str(stack.data_dir), "up"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:          # the first child is running: mid start-up
+        if subprocess.run(["pgrep", "-f", "--", f"--data-dir {stack.data_dir} .*serve contents$"],
+                          capture_output=True).returncode == 0:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 130, stack.log_path.read_text()
+    for name in NAMES:
+        assert subprocess.run(["pgrep", "-f", "--", f"--data-dir {stack.data_dir} .*serve {name}$"],
+                              capture_output=True).returncode == 1, f"{name} still running"
+    assert not (stack.data_dir / "up.json").exists()
+    stack.start()
+    assert stack.stop() == 0
