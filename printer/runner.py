@@ -66,7 +66,8 @@ log = logging.getLogger(__name__)
 
 END_SEQUENCE = ("M104 S0", "M140 S0", "M107", "M84")   # heaters off, fan off, motors off
 MODEL_FORMATS = ("stl", "obj", "3mf")
-CANCEL_WAIT = 20.0          # seconds DELETE waits for the worker to stop the job
+CANCEL_WAIT = 15.0          # s DELETE waits for the worker to stop the job: under the plug-in's
+                            # http_timeout (20 s), so its answer comes before the plug-in gives up
 RECONNECT_EVERY = 5.0       # seconds between attempts to open the serial link when idle
 GCODE_NAME = "model.gcode"
 PART_SUFFIX = ".part"       # the G-code while it is still being sliced

@@ -54,7 +54,7 @@ class PrinterClient:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Keeps the configured timeout: for the running job the printer answers only once its
-        worker has stopped it (up to its CANCEL_WAIT, 20 s)."""
+        worker has stopped it (up to its CANCEL_WAIT, 15 s)."""
         return self._call("DELETE", f"/api/jobs/{quote(job_id, safe='')}")["job"]
 
     def pause(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
