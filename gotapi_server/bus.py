@@ -190,6 +190,7 @@ class Bus:
         self._records: dict[str, PluginRecord] = {}
         self._discarding = False               # a junk message is being thrown away
         self._tap_seq = 0                      # messages copied to the tap
+        self._told: OrderedDict[bytes, float] = OrderedDict()  # unknown peer -> DISCONNECT sent
         # Keyed by (requestCode, pluginId): one Intent may be fanned out to several plug-ins.
         self._pending: dict[tuple[bytes, str], _Pending] = {}
         self._events: list[Intent] = []    # read, not yet delivered to the callbacks
@@ -532,7 +533,7 @@ class Bus:
             if self._warn.allow(peer):
                 log.warning("bus: unexpected %s from %s %r", _name(command),
                             "host" if host else "unknown peer", peer[:64])
-            if host is None and command != DISCONNECT:
+            if host is None and command != DISCONNECT and self._may_tell(peer):
                 self._send(peer, DISCONNECT)
             return
         if len(body) != expected:
@@ -543,6 +544,18 @@ class Bus:
         handler = {READY: self._on_ready, REPLY: self._on_reply, EVENT: self._on_event,
                    HEARTBEAT: self._on_heartbeat, DISCONNECT: self._on_disconnect}[command]
         handler(peer, *body)
+
+    def _may_tell(self, peer: bytes) -> bool:
+        """Whether to send DISCONNECT to an unknown peer now: once a second at most, so a
+        peer flooding junk does not get a reply per frame (318 000 in 5 s)."""
+        now = time.monotonic()
+        if now - self._told.get(peer, -1.0) < 1.0:
+            return False
+        self._told[peer] = now
+        self._told.move_to_end(peer)
+        while len(self._told) > 1024:
+            self._told.popitem(last=False)
+        return True
 
     def _on_ready(self, peer: bytes, body: bytes) -> None:
         if peer in self._hosts:     # the same connection announces again: start afresh

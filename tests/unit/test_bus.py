@@ -546,14 +546,15 @@ def test_tap_limit_returns(ctx, bus) -> None:
 
 
 def test_peer_that_never_sends_ready_cannot_answer_or_appear(ctx, bus, pool) -> None:
-    """A stranger that heartbeats and replies but never announced itself gets DISCONNECT for
-    each frame, cannot settle another host's request, and is never listed."""
+    """A stranger that heartbeats and replies but never announced itself gets DISCONNECT
+    (once a second at most), cannot settle another host's request, and is never listed."""
     good = connected(ctx, bus)
     stranger = RawHost(ctx, bus.endpoint, "never-ready")
     stranger.send(PROTOCOL, HEARTBEAT)
     assert stranger.recv() == [PROTOCOL, DISCONNECT]
     intent = get(x="1")
     fut = pool.submit(bus.request, intent, "echo", 5.0)
+    time.sleep(1.0)
     stranger.send(PROTOCOL, REPLY, encode(intent.response({"forged": True})))
     assert stranger.recv() == [PROTOCOL, DISCONNECT]
     good.answer()
@@ -640,3 +641,14 @@ def test_the_bus_numbers_what_it_copies_to_the_tap(ctx, bus) -> None:
             seqs.append(describe(sub.recv_multipart(), 0.0)["seq"])
     sub.close(linger=0)
     assert len(seqs) == 6 and seqs == list(range(seqs[0], seqs[0] + 6))
+
+
+def test_an_unknown_peer_flooding_junk_is_told_to_go_once_a_second(ctx, bus) -> None:
+    """Review: every junk frame from a peer that never sent READY got a DISCONNECT back."""
+    stranger = RawHost(ctx, bus.endpoint, "stranger")
+    for _ in range(200):
+        stranger.send(PROTOCOL, HEARTBEAT)
+    told = []
+    while (frames := stranger.recv(timeout=0.5, skip_heartbeats=False)) is not None:
+        told.append(frames[1])
+    assert told == [DISCONNECT]
