@@ -200,6 +200,22 @@ def client_keys(data_dir: Path, own_dir: Path, name: str, server_key: str,
     return ClientKeys(pair, server_key_file=server_dir(gotapi_dir) / f"{SERVER_NAME}.key")
 
 
+def move_tap_key(gotapi_dir: Path) -> bool:
+    """Move `clients/tap.key` to the taps' allow-list (True if it did). Before the taps had
+    one, `bus tap` admitted itself among the hosts under that name, which let its key
+    register plug-ins; the server does this at start, so an upgraded stack loses that hole
+    even if nobody runs `bus tap` again."""
+    old = clients_dir(gotapi_dir) / "tap.key"
+    if not old.is_file():
+        return False
+    new = _private_dir(taps_dir(gotapi_dir)) / "tap.key"
+    if new.exists():
+        old.unlink()
+    else:
+        os.replace(old, new)
+    return True
+
+
 def _forget_host_key(path: Path, public: bytes) -> None:
     """Remove `path` from the hosts' allow-list if it holds `public`: before the taps had an
     allow-list of their own, `bus tap` admitted itself among the hosts, which let its key

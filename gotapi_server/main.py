@@ -1,17 +1,20 @@
 """`serve(config)`: run the GotAPI server (HTTP + the Intent bus) under gunicorn."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
 from gotapi3dp.buskeys import (BUS_SECURITY, SERVER_NAME, clients_dir, load_or_create_pair,
-                               server_dir, taps_dir)
+                               move_tap_key, server_dir, taps_dir)
 from gotapi3dp.config import Config, ConfigError, check_bind_host
 from gotapi3dp.serving import WORKER_CLASSES, run_gunicorn
 
 from .app import create_app
+
+log = logging.getLogger(__name__)
 
 
 def serve(config: Config) -> None:
@@ -23,6 +26,9 @@ def serve(config: Config) -> None:
                           f"not {gotapi.worker!r}")
     data_dir = config.dir_for("gotapi")
     auth_dirs = bus_auth_dirs(gotapi.bus_security, data_dir)
+    if auth_dirs is not None and move_tap_key(data_dir):
+        log.warning("bus: moved tap.key from the hosts' allow-list to the taps' (%s)",
+                    auth_dirs[2])
     running: dict[str, Any] = {}
 
     def factory() -> Flask:

@@ -508,3 +508,15 @@ def test_a_tap_key_cannot_register_plugins_and_a_host_key_cannot_tap(
     finally:
         stop.set()
         thread.join(timeout=2)
+
+
+def test_the_server_moves_an_old_tap_key_out_of_the_hosts_allow_list(tmp_path: Path) -> None:
+    """Before taps had their own list, `bus tap` admitted itself among the hosts as `tap`."""
+    from gotapi3dp.buskeys import move_tap_key
+    gotapi_dir = tmp_path / "gotapi"
+    own = load_or_create_pair(tmp_path / "tap" / "bus", CLIENT_NAME)
+    admit(clients_dir(gotapi_dir), "tap", tmp_path / "tap" / "bus" / f"{CLIENT_NAME}.key")
+    assert move_tap_key(gotapi_dir)
+    assert own.public not in allowed_keys(clients_dir(gotapi_dir))
+    assert allowed_keys(taps_dir(gotapi_dir))[own.public] == "tap"
+    assert not move_tap_key(gotapi_dir)                 # nothing left to move
