@@ -548,8 +548,8 @@ class Bus:
     def _may_tell(self, peer: bytes) -> bool:
         """Whether to send DISCONNECT to an unknown peer now: once a second at most, so a
         peer flooding junk does not get a reply per frame (318 000 in 5 s)."""
-        now = time.monotonic()
-        if now - self._told.get(peer, -1.0) < 1.0:
+        now, last = time.monotonic(), self._told.get(peer)
+        if last is not None and now - last < 1.0:
             return False
         self._told[peer] = now
         self._told.move_to_end(peer)
