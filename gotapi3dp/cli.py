@@ -41,9 +41,9 @@ def cmd_up(args: argparse.Namespace, config: Config) -> int:
             starting = False
             raise KeyboardInterrupt
     _stop_on_signals(on_signal)
-    info = supervisor.start()
-    starting = False
     try:
+        info = supervisor.start()
+        starting = False
         console.print(f"[bold green]gotapi-3dp is up[/]  (details in {config.data_dir / 'up.json'})")
         for label, value in (("GotAPI server", info.gotapi), ("intent bus", info.bus),
                              ("bus tap", info.tap), ("contents server", info.contents),

@@ -404,6 +404,7 @@ class Supervisor:
         self.children = {name: Child(name, base + ["serve", name], log_dir / f"{name}.log")
                          for name in START_ORDER}
         self._lock_fd: int | None = None
+        self._stopped = False
 
     # -- start-up -------------------------------------------------------------------------
     def start(self) -> UpInfo:
@@ -581,8 +582,11 @@ class Supervisor:
         child.start()      # a stop requested meanwhile ends it: stop() follows supervise()
 
     def stop(self) -> None:
-        """Stop every child, last started first."""
+        """Stop every child, last started first. Once: a second call does nothing."""
         self._stopping.set()
+        if self._stopped:
+            return
+        self._stopped = True
         # All at once (last started first), then reap: stopping takes the slowest child's
         # time, not the sum of them all.
         for name in reversed(START_ORDER):

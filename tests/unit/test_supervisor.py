@@ -342,13 +342,16 @@ def test_an_unreadable_up_json_is_stale(tmp_path):
 
 
 def test_stop_deletes_up_json_only_if_it_names_us(tmp_path):
-    supervisor = Supervisor(stack_config(tmp_path))
     text = write_up_json(tmp_path, os.getpid() + 1)
-    supervisor.stop()
+    Supervisor(stack_config(tmp_path)).stop()
     assert (tmp_path / "up.json").read_text() == text
     write_up_json(tmp_path, os.getpid())
+    supervisor = Supervisor(stack_config(tmp_path))
     supervisor.stop()
     assert not (tmp_path / "up.json").exists()
+    write_up_json(tmp_path, os.getpid())
+    supervisor.stop()                         # once: a second stop touches nothing
+    assert (tmp_path / "up.json").exists()
 
 
 def test_a_group_listens_on_its_own_port_not_on_someone_elses(held):
