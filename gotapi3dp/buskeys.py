@@ -200,13 +200,17 @@ def client_keys(data_dir: Path, own_dir: Path, name: str, server_key: str,
     return ClientKeys(pair, server_key_file=server_dir(gotapi_dir) / f"{SERVER_NAME}.key")
 
 
-def move_tap_key(gotapi_dir: Path) -> bool:
-    """Move `clients/tap.key` to the taps' allow-list (True if it did). Before the taps had
-    one, `bus tap` admitted itself among the hosts under that name, which let its key
-    register plug-ins; the server does this at start, so an upgraded stack loses that hole
-    even if nobody runs `bus tap` again."""
+def move_tap_key(gotapi_dir: Path, tap_key_file: Path) -> bool:
+    """Move `clients/tap.key` to the taps' allow-list if it is the key of `bus tap` on this
+    data dir (`tap_key_file`); True if it did. Before the taps had a list of their own,
+    `bus tap` admitted itself among the hosts under that name, which let its key register
+    plug-ins; the server does this at start, so an upgraded stack loses that hole even if
+    nobody runs `bus tap` again. A host that is really named `tap` keeps its key."""
     old = clients_dir(gotapi_dir) / "tap.key"
-    if not old.is_file():
+    try:
+        if read_public(old) != read_public(tap_key_file):
+            return False
+    except (OSError, ValueError):
         return False
     new = _private_dir(taps_dir(gotapi_dir)) / "tap.key"
     if new.exists():

@@ -36,8 +36,9 @@ def cmd_up(args: argparse.Namespace, config: Config) -> int:
         # in the middle of a restart (a child started after everything had stopped).
         # While starting, abort the start-up once: start() stops what it started.
         nonlocal starting
+        already = supervisor.stop_requested()     # start-up failed and is stopping: let it
         supervisor.request_stop()
-        if starting:
+        if starting and not already:
             starting = False
             raise KeyboardInterrupt
     _stop_on_signals(on_signal)

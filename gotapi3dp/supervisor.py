@@ -564,6 +564,9 @@ class Supervisor:
         """Make supervise() return (safe from a signal handler); stop() does the stopping."""
         self._stopping.set()
 
+    def stop_requested(self) -> bool:
+        return self._stopping.is_set()
+
     def _maybe_restart(self, child: Child) -> None:
         code = child.exit_code()
         if code is None or self._stopping.is_set():
@@ -582,11 +585,11 @@ class Supervisor:
         child.start()      # a stop requested meanwhile ends it: stop() follows supervise()
 
     def stop(self) -> None:
-        """Stop every child, last started first. Once: a second call does nothing."""
+        """Stop every child, last started first. Once: a call after one that finished does
+        nothing."""
         self._stopping.set()
         if self._stopped:
             return
-        self._stopped = True
         # All at once (last started first), then reap: stopping takes the slowest child's
         # time, not the sum of them all.
         for name in reversed(START_ORDER):
@@ -601,6 +604,7 @@ class Supervisor:
         except (OSError, ValueError):
             pass
         self._release_lock()
+        self._stopped = True
 
 
 def read_up_json(config: Config) -> dict[str, Any]:

@@ -60,6 +60,7 @@ RECV_BATCH = 256         # messages read per poll before timers and the mailbox 
 RECV_BATCH_BYTES = 4 << 20  # ... or this many bytes, so big frames cannot hold the loop
 MAX_MESSAGE_FRAMES = 8   # ours have 4 (routing id, protocol, command, body); more: junk
 DISCARD_SLICE = 2000     # frames of a junk message thrown away per turn of the loop
+PLUGIN_HOLD = 300.0      # s a plug-in stays its host's while offline (`_held_for_another`)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"   # where libzmq asks who may connect (RFC 27)
 ZAP_DOMAIN = b"gotapi-bus"
 TAP_ZAP_DOMAIN = b"gotapi-tap"
@@ -191,6 +192,7 @@ class Bus:
         self._discarding = False               # a junk message is being thrown away
         self._tap_seq = 0                      # messages copied to the tap
         self._told: OrderedDict[bytes, float] = OrderedDict()  # unknown peer -> DISCONNECT sent
+        self._live_replaced: dict[str, float] = {}   # host id -> last replacement of a live link
         # Keyed by (requestCode, pluginId): one Intent may be fanned out to several plug-ins.
         self._pending: dict[tuple[bytes, str], _Pending] = {}
         self._events: list[Intent] = []    # read, not yet delivered to the callbacks
@@ -368,6 +370,7 @@ class Bus:
 
     def _open_sockets(self) -> None:
         assert self._ctx is not None
+        self._discarding = False     # what was being thrown away went with the old socket
         if self._auth is not None:   # the handler must exist before the first handshake
             zap = self._zap = self._ctx.socket(zmq.REP)
             zap.setsockopt(zmq.LINGER, 0)
@@ -398,7 +401,7 @@ class Bus:
         self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         if self.tap_endpoint:
             tap = self._tap = self._ctx.socket(zmq.XPUB)
-            if self._auth is not None:   # taps are admitted like hosts (same allow-list)
+            if self._auth is not None:   # taps are admitted from the taps' allow-list
                 tap.setsockopt(zmq.CURVE_SERVER, 1)
                 tap.setsockopt(zmq.CURVE_SECRETKEY, self._auth.pair.secret)
                 tap.setsockopt(zmq.CURVE_PUBLICKEY, self._auth.pair.public)
@@ -578,18 +581,12 @@ class Bus:
             # The host is back on a new connection before its old link closed (a vanished
             # machine's link lives until heartbeats end it). Under CURVE only its own key
             # can speak for its id, so the new connection is taken at its word.
-            previous = self._hosts.get(old)
-            heard = time.monotonic() - previous.last_recv if previous else self._heartbeat
-            if heard < self._heartbeat and self._warn.allow(b"clone:" + host_id_of(peer)):
-                log.error("bus: host %s connected again while its other connection is alive "
-                          "(heard %.1f s ago); if this repeats, two plug-in hosts share that "
-                          "host id and key (a copied data dir?): give each its own",
-                          announce.host_id, heard)
+            self._note_live_replacement(announce.host_id, self._hosts.get(old))
             self._drop_host(old, "reconnected")
         taken = [p.id for p in announce.plugins if p.id in self._records
                  and self._records[p.id].online]
         owned = {p.id: self._records[p.id].host_id for p in announce.plugins
-                 if p.id in self._records and self._records[p.id].host_id != announce.host_id}
+                 if self._held_for_another(p.id, announce.host_id)}
         if announce.host_id.encode() != host_id_of(peer) or taken or owned:
             if self._warn.allow(peer):
                 log.error("bus: refused READY from %r (host id %r%s%s)", peer[:64],
@@ -609,13 +606,37 @@ class Bus:
             log.info("bus: host %s ready with plug-ins %s", announce.host_id,
                      [p.id for p in announce.plugins])
 
-    def _forget_plugins(self, host_id: str, keep: set[str]) -> None:
-        """Drop the records of `host_id`'s plug-ins that its new READY no longer offers.
+    def _held_for_another(self, plugin_id: str, host_id: str) -> bool:
+        """Whether `plugin_id` belongs to another host than `host_id`.
 
-        A plug-in id belongs to the host that registered it first, for the server's
-        lifetime, online or not: another host, even an allow-listed one, cannot take it over
-        while its host is stalled or restarting (apps' requests carry contents keys). It is
-        released only when its own host comes back without it."""
+        A plug-in id belongs to the host that registered it, online or offline for up to
+        PLUGIN_HOLD: another host, even an allow-listed one, cannot take it over while its
+        host is stalled or restarting (apps' requests carry contents keys). After that it
+        may move (a host renamed, replaced or moved to another machine); its own host coming
+        back without it releases it at once."""
+        record = self._records.get(plugin_id)
+        if record is None or record.host_id == host_id:
+            return False
+        return record.online or time.time() - record.last_seen < PLUGIN_HOLD
+
+    def _note_live_replacement(self, host_id: str, previous: "_Host | None") -> None:
+        """A host's new connection replaces one still heard from within a heartbeat. Once is
+        a host recovering from a stall of the server (its old link's heartbeats were read
+        late); again within WARN_WINDOW is two live hosts under one id and key (a copied data
+        dir), which take turns for ever: say so."""
+        now = time.monotonic()
+        if previous is None or now - previous.last_recv >= self._heartbeat:
+            return
+        last, self._live_replaced[host_id] = self._live_replaced.get(host_id), now
+        if last is not None and now - last < WARN_WINDOW and self._warn.allow(
+                b"clone:" + host_id.encode()):
+            log.error("bus: host %s keeps connecting again while its other connection is "
+                      "alive: two plug-in hosts share that host id and key (a copied data "
+                      "dir?); give each its own", host_id)
+
+    def _forget_plugins(self, host_id: str, keep: set[str]) -> None:
+        """Drop the records of `host_id`'s plug-ins that its new READY no longer offers (see
+        `_held_for_another`)."""
         for plugin_id in [i for i, r in self._records.items()
                           if r.host_id == host_id and i not in keep]:
             del self._records[plugin_id]

@@ -7,8 +7,8 @@ from typing import Any
 
 from flask import Flask
 
-from gotapi3dp.buskeys import (BUS_SECURITY, SERVER_NAME, clients_dir, load_or_create_pair,
-                               move_tap_key, server_dir, taps_dir)
+from gotapi3dp.buskeys import (BUS_SECURITY, CLIENT_NAME, SERVER_NAME, clients_dir,
+                               load_or_create_pair, move_tap_key, server_dir, taps_dir)
 from gotapi3dp.config import Config, ConfigError, check_bind_host
 from gotapi3dp.serving import WORKER_CLASSES, run_gunicorn
 
@@ -26,7 +26,8 @@ def serve(config: Config) -> None:
                           f"not {gotapi.worker!r}")
     data_dir = config.dir_for("gotapi")
     auth_dirs = bus_auth_dirs(gotapi.bus_security, data_dir)
-    if auth_dirs is not None and move_tap_key(data_dir):
+    tap_key = config.dir_for("tap") / "bus" / f"{CLIENT_NAME}.key"
+    if auth_dirs is not None and move_tap_key(data_dir, tap_key):
         log.warning("bus: moved tap.key from the hosts' allow-list to the taps' (%s)",
                     auth_dirs[2])
     running: dict[str, Any] = {}

@@ -18,9 +18,10 @@ service and go to every plug-in. Secrets never reach the screen: sealed tokens (
 and every parameter whose name holds `token`, `key`, `secret`, `password`... (access tokens,
 contents keys) are shown as `<redacted N chars id:xxxxxxxx>`, redacted again here.
 
-Under `bus_security = "curve"` the tap endpoint admits the keys of the bus's allow-list
+Under `bus_security = "curve"` the tap endpoint admits the keys of the taps' allow-list
 only (`curve`: the server's public key and this tap's pair; `gotapi-3dp bus tap` makes its
-pair in <data-dir>/tap/bus and, on the server's data dir, admits it as `tap`).
+pair in <data-dir>/tap/bus and, on the server's data dir, admits it as `tap` in
+<data-dir>/gotapi/bus/taps).
 
 The XPUB drops what a slow tap has not read once 10 000 messages wait for it (the bus never
 waits for a tap). The sequence number the bus puts after the direction shows the gaps: the

@@ -344,12 +344,15 @@ class Printer3DPlugin(Plugin):
 
     def _printer_id(self, printer: PrinterEntry) -> str:
         if not printer.printer_id:
-            printer.printer_id = self._clients[printer.service_id].identity(IDENTITY_TIMEOUT)["printerId"]
+            with self._calling(printer) as client:
+                printer.printer_id = client.identity(IDENTITY_TIMEOUT)["printerId"]
         return printer.printer_id
 
     def _is_online(self, printer: PrinterEntry) -> bool:
+        """For discovery: a printer whose call slots are all taken is not answering."""
         try:
-            self._clients[printer.service_id].identity(IDENTITY_TIMEOUT)
+            with self._calling(printer) as client:
+                client.identity(IDENTITY_TIMEOUT)
             return True
         except P3DError:
             return False
@@ -367,16 +370,20 @@ class _Cached:
 
 
 def _printer_knows(client: PrinterClient, token: str) -> bool:
-    """Whether the printer made a job from `token` (it names each job after its token). A
-    Printing Command whose answer was lost, retried once the token expired, then hears what
-    any retry hears (the job, or its error) instead of 1111 while the job runs."""
+    """Whether the printer made a job from `token` (it names each job after its token) that
+    a retry would not start again. A Printing Command whose answer was lost, retried once
+    the token expired, then hears what any retry hears (the job, or its error) instead of
+    1111 while the job runs. A job that failed before its token was redeemed
+    (CONTENTS_UNAVAILABLE) would be tried again with the expired token: that is 1111."""
     try:
-        client.job(job_id_for(token))
+        job = client.job(job_id_for(token), timeout=JOB_TIMEOUT)
     except P3DError as exc:
         if exc.code == ErrorCode.JOB_NOT_FOUND:
             return False
         raise
-    return True
+    error = job.get("error") if isinstance(job.get("error"), dict) else {}
+    return not (job.get("state") == "failed"
+                and error.get("code") == ErrorCode.CONTENTS_UNAVAILABLE)
 
 
 def _status_answer(status: dict[str, Any]) -> dict[str, Any]:

@@ -516,7 +516,13 @@ def test_the_server_moves_an_old_tap_key_out_of_the_hosts_allow_list(tmp_path: P
     gotapi_dir = tmp_path / "gotapi"
     own = load_or_create_pair(tmp_path / "tap" / "bus", CLIENT_NAME)
     admit(clients_dir(gotapi_dir), "tap", tmp_path / "tap" / "bus" / f"{CLIENT_NAME}.key")
-    assert move_tap_key(gotapi_dir)
+    tap_key = tmp_path / "tap" / "bus" / f"{CLIENT_NAME}.key"
+    assert move_tap_key(gotapi_dir, tap_key)
     assert own.public not in allowed_keys(clients_dir(gotapi_dir))
     assert allowed_keys(taps_dir(gotapi_dir))[own.public] == "tap"
-    assert not move_tap_key(gotapi_dir)                 # nothing left to move
+    assert not move_tap_key(gotapi_dir, tap_key)         # nothing left to move
+    # A real plug-in host named `tap` (review: it was moved, so it could tap, not serve).
+    host = load_or_create_pair(tmp_path / "host", CLIENT_NAME)
+    admit(clients_dir(gotapi_dir), "tap", tmp_path / "host" / f"{CLIENT_NAME}.key")
+    assert not move_tap_key(gotapi_dir, tap_key)
+    assert allowed_keys(clients_dir(gotapi_dir))[host.public] == "tap"

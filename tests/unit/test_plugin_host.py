@@ -510,17 +510,19 @@ def test_printing_an_expired_connection_is_1111_and_never_reaches_the_printer(tm
                                  follow_jobs=False)
     submitted: list[str] = []
     from gotapi3dp.wire.token import job_id_for
-    known = {job_id_for("p3t1.lost")}            # the printer made a job from this token
+    known = {job_id_for("p3t1.lost"): "printing",   # the printer made a job from this token
+             job_id_for("p3t1.retryable"): "failed"}  # ...that failed before redeeming it
 
     class Printer:
         def submit(self, token: str) -> dict:
             submitted.append(token)
             return {"id": "j" * 32}
 
-        def job(self, job_id: str) -> dict:
+        def job(self, job_id: str, timeout: float | None = None) -> dict:
             if job_id not in known:
                 raise P3DError(ErrorCode.JOB_NOT_FOUND, f"no job {job_id}")
-            return {"id": job_id, "state": "printing"}
+            return {"id": job_id, "state": known[job_id],
+                    "error": {"code": 1100} if known[job_id] == "failed" else None}
 
     plugin._clients["printer-1"] = Printer()  # type: ignore[assignment]
     origin = "http://localhost"
@@ -547,3 +549,8 @@ def test_printing_an_expired_connection_is_1111_and_never_reaches_the_printer(tm
                      _time.time() - CLOCK_SKEW - 1)
     assert print_(lost.id) == {"jobId": "j" * 32} and submitted[-1] == "p3t1.lost"
     assert store.get(lost.id, "printer-1", origin).job_id == "j" * 32
+    retryable = store.add("printer-1", origin, "p3t1.retryable", {"id": "c"},
+                          _time.time() - CLOCK_SKEW - 1)
+    with pytest.raises(P3DError) as again:
+        print_(retryable.id)
+    assert again.value.code == ErrorCode.CONNECTION_EXPIRED and submitted[-1] == "p3t1.lost"
