@@ -208,9 +208,16 @@ def move_tap_key(gotapi_dir: Path, tap_key_file: Path) -> bool:
     nobody runs `bus tap` again. A host that is really named `tap` keeps its key."""
     old = clients_dir(gotapi_dir) / "tap.key"
     try:
-        if read_public(old) != read_public(tap_key_file):
-            return False
+        listed = read_public(old)
     except (OSError, ValueError):
+        return False
+    ours = set()
+    for path in (tap_key_file, tap_key_file.with_suffix(".key_secret")):   # either half
+        try:
+            ours.add(read_public(path))
+        except (OSError, ValueError):
+            pass
+    if listed not in ours:
         return False
     new = _private_dir(taps_dir(gotapi_dir)) / "tap.key"
     if new.exists():

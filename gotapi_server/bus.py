@@ -193,6 +193,7 @@ class Bus:
         self._tap_seq = 0                      # messages copied to the tap
         self._told: OrderedDict[bytes, float] = OrderedDict()  # unknown peer -> DISCONNECT sent
         self._live_replaced: dict[str, float] = {}   # host id -> last replacement of a live link
+        self._offline_since: dict[str, float] = {}   # plug-in id -> when its host went (monotonic)
         # Keyed by (requestCode, pluginId): one Intent may be fanned out to several plug-ins.
         self._pending: dict[tuple[bytes, str], _Pending] = {}
         self._events: list[Intent] = []    # read, not yet delivered to the callbacks
@@ -601,6 +602,7 @@ class Bus:
         for p in announce.plugins:
             self._records[p.id] = PluginRecord(p.id, p.name, p.version, list(p.profiles),
                                                announce.host_id, True, time.time(), p.apis)
+            self._offline_since.pop(p.id, None)
         self._publish()
         if self._warn.allow(b"ready:" + announce.host_id.encode()):
             log.info("bus: host %s ready with plug-ins %s", announce.host_id,
@@ -617,7 +619,8 @@ class Bus:
         record = self._records.get(plugin_id)
         if record is None or record.host_id == host_id:
             return False
-        return record.online or time.time() - record.last_seen < PLUGIN_HOLD
+        since = self._offline_since.get(plugin_id)      # monotonic: a clock step moves nothing
+        return record.online or since is None or time.monotonic() - since < PLUGIN_HOLD
 
     def _note_live_replacement(self, host_id: str, previous: "_Host | None") -> None:
         """A host's new connection replaces one still heard from within a heartbeat. Once is
@@ -640,6 +643,7 @@ class Bus:
         for plugin_id in [i for i, r in self._records.items()
                           if r.host_id == host_id and i not in keep]:
             del self._records[plugin_id]
+            self._offline_since.pop(plugin_id, None)
 
     def _on_reply(self, peer: bytes, body: bytes) -> None:
         try:
@@ -777,6 +781,7 @@ class Bus:
             record = self._records.get(plugin_id)
             if record is not None and record.host_id == name:
                 record.online = False
+                self._offline_since[plugin_id] = time.monotonic()
         error = P3DError(ErrorCode.TIMEOUT, f"plug-in host {name} {why}")
         for key in [k for k, p in self._pending.items() if p.peer == peer]:
             self._settle(key, error=error)

@@ -314,9 +314,9 @@ class Printer3DPlugin(Plugin):
         sid = printer.service_id
         slots = self._slots[sid]
         if not slots.acquire(timeout=SLOT_WAIT):
-            raise P3DError(ErrorCode.ILLEGAL_DEVICE_STATE,
-                           f"printer {sid} is not answering: {PRINTER_CALLS} calls to it are "
-                           "already waiting; try again later")
+            raise _NoSlot(ErrorCode.ILLEGAL_DEVICE_STATE,
+                          f"printer {sid} is not answering: {PRINTER_CALLS} calls to it are "
+                          "already waiting; try again later")
         try:
             yield self._clients[sid]
         finally:
@@ -349,11 +349,15 @@ class Printer3DPlugin(Plugin):
         return printer.printer_id
 
     def _is_online(self, printer: PrinterEntry) -> bool:
-        """For discovery: a printer whose call slots are all taken is not answering."""
+        """For discovery. A printer whose call slots are all taken may be busy (cancels and
+        submissions hold one for seconds), not hung: its job stream says which."""
         try:
             with self._calling(printer) as client:
                 client.identity(IDENTITY_TIMEOUT)
             return True
+        except _NoSlot:
+            with self._lock:
+                return bool(self._live.get(printer.service_id))
         except P3DError:
             return False
 
@@ -367,6 +371,10 @@ class _Cached:
     at: float                 # time.monotonic() when it arrived
     answer: dict[str, Any]    # what GET status answers
     pushed: bool              # pushed by the printer (kept up to date), or asked by us
+
+
+class _NoSlot(P3DError):
+    """All of a printer's call slots are taken (`Printer3DPlugin._calling`)."""
 
 
 def _printer_knows(client: PrinterClient, token: str) -> bool:

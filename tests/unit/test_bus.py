@@ -670,3 +670,19 @@ def test_an_unknown_peer_flooding_junk_is_told_to_go_once_a_second(ctx, bus) -> 
     while (frames := stranger.recv(timeout=0.5, skip_heartbeats=False)) is not None:
         told.append(frames[1])
     assert told == [DISCONNECT]
+
+
+def test_a_clock_step_does_not_release_a_plugin_early(ctx, quick_bus, monkeypatch) -> None:
+    """Review: the 5-minute hold was measured on the wall clock; an NTP step forward
+    released every offline plug-in at once."""
+    from gotapi_server import bus as busmod
+    bus = quick_bus
+    owner = connected(ctx, bus)
+    owner.send(PROTOCOL, DISCONNECT)
+    assert wait_until(lambda: not online(bus, "echo"))
+    real = time.time
+    monkeypatch.setattr(busmod.time, "time", lambda: real() + 3600)
+    squatter = RawHost(ctx, bus.endpoint, "squatter")
+    squatter.ready()
+    frames = squatter.recv()
+    assert frames is not None and frames[1] == DISCONNECT

@@ -526,3 +526,13 @@ def test_the_server_moves_an_old_tap_key_out_of_the_hosts_allow_list(tmp_path: P
     admit(clients_dir(gotapi_dir), "tap", tmp_path / "host" / f"{CLIENT_NAME}.key")
     assert not move_tap_key(gotapi_dir, tap_key)
     assert allowed_keys(clients_dir(gotapi_dir))[host.public] == "tap"
+
+
+def test_an_old_tap_key_is_moved_even_if_only_the_secret_half_is_left(tmp_path: Path) -> None:
+    from gotapi3dp.buskeys import move_tap_key
+    gotapi_dir, tap_dir = tmp_path / "gotapi", tmp_path / "tap" / "bus"
+    own = load_or_create_pair(tap_dir, CLIENT_NAME)
+    admit(clients_dir(gotapi_dir), "tap", tap_dir / f"{CLIENT_NAME}.key")
+    (tap_dir / f"{CLIENT_NAME}.key").unlink()
+    assert move_tap_key(gotapi_dir, tap_dir / f"{CLIENT_NAME}.key")
+    assert own.public not in allowed_keys(clients_dir(gotapi_dir))

@@ -188,3 +188,19 @@ def test_a_cached_status_needs_no_slot(plugin, printers, pool) -> None:
     assert fast is not None and fast.params["state"] == "printing"
     assert _call(plugin, status)[0] == 0
     _results(flood)
+
+
+def test_discovery_shows_a_busy_printer_online_and_a_hung_one_by_its_stream(
+        plugin, printers, pool) -> None:
+    """Review: with its 4 slots held by calls in flight, a printer was reported offline by
+    discovery. With no slot free, its job stream decides: live is online."""
+    hung, _ = printers
+    flood = [pool.submit(_call, plugin, _intent(Action.GET, "job", "hung"))
+             for _ in range(p3d.PRINTER_CALLS)]
+    assert wait_until(lambda: hung.received >= p3d.PRINTER_CALLS, timeout=GUARD)
+    entry = plugin._printers["hung"]
+    plugin._on_live("hung", True)
+    assert plugin._is_online(entry) is True        # busy, but its stream is alive
+    plugin._on_live("hung", False)
+    assert plugin._is_online(entry) is False       # busy and silent: not answering
+    _results(flood)
