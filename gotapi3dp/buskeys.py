@@ -196,7 +196,7 @@ def client_keys(data_dir: Path, own_dir: Path, name: str, server_key: str,
     gotapi_dir = data_dir / "gotapi"
     admit((taps_dir if tap else clients_dir)(gotapi_dir), name, own_dir / f"{CLIENT_NAME}.key")
     if tap:
-        _forget_host_key(clients_dir(gotapi_dir) / f"{name}.key", pair.public)
+        move_tap_key(gotapi_dir, own_dir / f"{CLIENT_NAME}.key")
     return ClientKeys(pair, server_key_file=server_dir(gotapi_dir) / f"{SERVER_NAME}.key")
 
 
@@ -225,14 +225,3 @@ def move_tap_key(gotapi_dir: Path, tap_key_file: Path) -> bool:
     else:
         os.replace(old, new)
     return True
-
-
-def _forget_host_key(path: Path, public: bytes) -> None:
-    """Remove `path` from the hosts' allow-list if it holds `public`: before the taps had an
-    allow-list of their own, `bus tap` admitted itself among the hosts, which let its key
-    register plug-ins."""
-    try:
-        if read_public(path) == public:
-            path.unlink()
-    except (OSError, ValueError):
-        pass

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from gotapi3dp.wire.errors import ErrorCode, P3DError
 from gotapi3dp.wire.intent import Action, Intent
@@ -58,7 +58,8 @@ def _services_of(answer: Intent) -> list[dict[str, Any]]:
 class ServiceDirectory:
     """Asks plug-ins for their services and remembers each plug-in's last answer."""
 
-    def __init__(self, bus: Any, timeout: float, clock: Any = time.monotonic) -> None:
+    def __init__(self, bus: Any, timeout: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.bus = bus
         self.timeout = timeout
         self._clock = clock
